@@ -1,0 +1,3 @@
+"""SnapPose: diffusion-based 3D human pose estimation from a single image."""
+
+__version__ = "0.1.0"
