@@ -1,0 +1,248 @@
+"""Reading the released weight files and writing this project's checkpoints.
+
+Layouts (names and shapes of each are listed in the specification's key lists):
+
+- PoseHRNet (``pose_hrnet_w32_256x192.pth``): a plain state dict, with the
+  unused heatmap head ``final_layer``.
+- Context-Aware PoseFormer (``human36m_nips_retrain.bin``,
+  ``mpi-inf_nips_retrain.bin``): ``{"model": state_dict}`` with names under
+  ``module.backbone.`` (an HRNet) and ``module.volume_net.`` (some files say
+  ``module.pose_estimator.``), CA-PF's own lifter, of which only coord_embed,
+  feat_embed, Spatial_pos_embed and context_blocks fit the denoiser.
+- SnapPose (``best_h36m.bin``, ``best_mpi.bin``, ``latest_epoch.bin``):
+  ``{"epoch", "lr", "optimizer", "model_pos": state_dict}``, possibly with
+  ``module.`` / ``_orig_mod.`` prefixes from a wrapped model.
+
+Unlike the original code (``strict=False``), a missing, unexpected or
+mis-shaped tensor is an error that names it and the file.
+"""
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.denoiser import CONTEXT_PREFIXES
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+CONTEXT_LIFTER_PREFIXES = ("volume_net.", "pose_estimator.")
+SNAPPOSE_RESERVED_KEYS = ("epoch", "lr", "optimizer", "model_pos")
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A weight file that is not what the loader expects (format, names or shapes)."""
+
+
+def read_checkpoint(path, trust_pickle=True):
+    """Load a checkpoint file onto the CPU.
+
+    Tries ``torch.load(weights_only=True)`` first. Files that pickle other
+    objects (e.g. numpy scalars in the released ones) need full unpickling,
+    which can run code from the file: with ``trust_pickle`` it is done with a
+    warning, otherwise it is refused.
+
+    Returns:
+        the loaded object (a dict for every supported layout).
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is not a PyTorch checkpoint, or not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weight file {path} not found: download the released weights (PoseHRNet, "
+            f"Context-Aware PoseFormer, SnapPose) and pass their path, or train one first")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint ({error})") from error
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors and trust_pickle is False: "
+                f"load it only if you trust its source") from error
+        warnings.warn(f"{path} holds Python objects besides tensors; unpickling it fully (trusted source assumed)",
+                      stacklevel=2)
+        obj = _load_unsafe(path)
+    except Exception as error:  # torch.load raises many types for corrupt or foreign files
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or checkpoint)")
+    return obj
+
+
+def _load_unsafe(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {error})") from error
+
+
+def strip_wrapper_prefixes(state_dict):
+    """Remove leading ``module.`` / ``_orig_mod.`` (DataParallel, DDP, torch.compile) from every name."""
+    stripped = {}
+    for name, tensor in state_dict.items():
+        while name.startswith(WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        stripped[name] = tensor
+    return stripped
+
+
+def unwrap_model(model):
+    """The plain module inside DataParallel / DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _listing(names):
+    names = sorted(names)
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _check_tensors(expected, found, path, what, hint=""):
+    """Raise CheckpointError unless ``found`` has exactly the names and shapes of ``expected``."""
+    problems = []
+    missing = expected.keys() - found.keys()
+    unexpected = found.keys() - expected.keys()
+    mismatched = [name for name in expected.keys() & found.keys()
+                  if not isinstance(found[name], torch.Tensor) or found[name].shape != expected[name].shape]
+    if missing:
+        problems.append(f"missing tensors: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_listing(unexpected)}")
+    for name in sorted(mismatched)[:_MAX_LISTED]:
+        shape = tuple(found[name].shape) if isinstance(found[name], torch.Tensor) else type(found[name]).__name__
+        problems.append(f"tensor {name} has shape {shape}, the model expects {tuple(expected[name].shape)}")
+    if problems:
+        raise CheckpointError(f"{path} does not fit the {what}: " + "; ".join(problems) + (f". {hint}" if hint else ""))
+
+
+def load_backbone_weights(backbone, path):
+    """Load a released PoseHRNet file (or the HRNet inside a CA-PF file) into ``backbone``.
+
+    ``final_layer`` (the heatmap head) is ignored. Returns ``backbone``.
+
+    Raises:
+        CheckpointError: not a checkpoint, or a tensor missing / unexpected / mis-shaped
+            (e.g. a W48 file for a W32 network).
+    """
+    obj = read_checkpoint(path)
+    if isinstance(obj.get("model"), dict):  # a CA-PF file carries its HRNet under backbone.
+        inner = strip_wrapper_prefixes(obj["model"])
+        state = {name[len("backbone."):]: t for name, t in inner.items() if name.startswith("backbone.")}
+        if not state:
+            raise CheckpointError(f"{path} has a 'model' dict without backbone.* tensors: not a PoseHRNet or CA-PF file")
+    elif isinstance(obj.get("state_dict"), dict):
+        state = strip_wrapper_prefixes(obj["state_dict"])
+    else:
+        state = strip_wrapper_prefixes(obj)
+    state = {name: t for name, t in state.items() if not name.startswith("final_layer.")}
+    backbone = unwrap_model(backbone)
+    hint = ""
+    stem_out = state.get("transition1.0.0.weight")
+    if isinstance(stem_out, torch.Tensor) and stem_out.shape[0] != backbone.width:
+        hint = f"The file is a W{stem_out.shape[0]} network: build PoseHRNet(width={stem_out.shape[0]})."
+    _check_tensors(backbone.state_dict(), state, path, f"PoseHRNet-W{backbone.width}", hint)
+    backbone.load_state_dict(state)
+    return backbone
+
+
+def load_context_weights(denoiser, path):
+    """Load coord_embed, feat_embed, Spatial_pos_embed and context_blocks from a CA-PF file, then freeze them.
+
+    Returns:
+        sorted list of the denoiser's state-dict names that were loaded.
+    Raises:
+        CheckpointError: not a CA-PF file (no ``model`` dict with a
+            volume_net / pose_estimator lifter), or a context tensor missing or mis-shaped.
+    """
+    obj = read_checkpoint(path)
+    if not isinstance(obj.get("model"), dict):
+        raise CheckpointError(
+            f"{path} has no 'model' state dict: expected a Context-Aware PoseFormer file "
+            f"(*_nips_retrain.bin), found keys {_listing(obj.keys())}")
+    inner = strip_wrapper_prefixes(obj["model"])
+    lifter = next((p for p in CONTEXT_LIFTER_PREFIXES if any(n.startswith(p) for n in inner)), None)
+    if lifter is None:
+        raise CheckpointError(
+            f"{path} has no volume_net.* or pose_estimator.* tensors: not a Context-Aware PoseFormer file")
+    state = {name[len(lifter):]: t for name, t in inner.items()
+             if name.startswith(lifter) and name[len(lifter):].startswith(CONTEXT_PREFIXES)}
+    denoiser = unwrap_model(denoiser)
+    expected = {name: t for name, t in denoiser.state_dict().items() if name.startswith(CONTEXT_PREFIXES)}
+    _check_tensors(expected, state, path, "denoiser's context layers",
+                   "The backbone width of the denoiser must match the file's (32 for the released ones).")
+    denoiser.load_state_dict(state, strict=False)
+    denoiser.freeze_context()
+    return sorted(state)
+
+
+def load_snappose_weights(denoiser, path):
+    """Load a SnapPose checkpoint (released ``best_*.bin`` or one written by ``save_checkpoint``).
+
+    A plain state dict is accepted too. Returns the checkpoint dict (epoch, lr,
+    optimizer state and any extra keys, ``model_pos`` included).
+
+    Raises:
+        CheckpointError: not a checkpoint, a CA-PF file, or a tensor missing / unexpected / mis-shaped.
+    """
+    obj = read_checkpoint(path)
+    if "model_pos" in obj:
+        state = obj["model_pos"]
+    elif "model" in obj:
+        raise CheckpointError(
+            f"{path} has a 'model' entry but no 'model_pos': it looks like a Context-Aware PoseFormer "
+            f"file, which load_context_weights reads")
+    elif obj and all(isinstance(t, torch.Tensor) for t in obj.values()):
+        state, obj = obj, {"model_pos": obj}
+    else:
+        raise CheckpointError(f"{path} has no 'model_pos' state dict; found keys {_listing(obj.keys())}")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: 'model_pos' is a {type(state).__name__}, expected a state dict")
+    state = strip_wrapper_prefixes(state)
+    denoiser = unwrap_model(denoiser)
+    _check_tensors(denoiser.state_dict(), state, path, "SnapPose denoiser",
+                   "Check that the model config (backbone width, res/joint depth) matches the file.")
+    denoiser.load_state_dict(state)
+    return obj
+
+
+def save_checkpoint(path, denoiser, optimizer=None, epoch=0, lr=None, **extra):
+    """Write ``{"epoch", "lr", "optimizer", "model_pos", **extra}`` atomically.
+
+    The file is written beside ``path`` under a temporary name and moved into
+    place with ``os.replace``, so an interrupted save never leaves a truncated
+    checkpoint. Wrapper prefixes are not written (the model is unwrapped).
+    ``optimizer`` is stored as its ``state_dict()`` (or None).
+
+    Returns:
+        the path written, as a ``Path``.
+    """
+    clashes = set(extra) & set(SNAPPOSE_RESERVED_KEYS)
+    if clashes:
+        raise ValueError(f"extra checkpoint keys {sorted(clashes)} clash with {SNAPPOSE_RESERVED_KEYS}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "epoch": epoch,
+        "lr": lr,
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "model_pos": unwrap_model(denoiser).state_dict(),
+        **extra,
+    }
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

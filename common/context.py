@@ -1,0 +1,144 @@
+"""Image context around each 2D joint: Context-Aware PoseFormer's deformable blocks.
+
+The denoiser describes every joint by five tokens: the embedded 2D keypoint
+(the pose token) and one token per backbone level (the level tokens), first
+sampled at the joint and then refined by deformable blocks that look around it.
+This module holds the sampling helper, the deformable block and the two
+layers it shares with the denoiser's transformer blocks (``Mlp``, ``DropPath``).
+
+Coordinates: reference points and sample positions are (x, y) in [-1, 1] over
+the 192x256 crop (crop pixels / (96, 128) - 1), grid-sampled with
+``align_corners=True``.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample in training.
+
+    Surviving samples are scaled by 1 / (1 - rate) so the expectation is
+    unchanged; in eval mode (or with rate 0) it is the identity.
+    """
+
+    def __init__(self, rate=0.0):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, x):
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self):
+        return f"rate={self.rate}"
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (exact, erf) -> fc2."""
+
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def sample_features(feature_map, points, padding_mode):
+    """Bilinearly sample a feature map at points.
+
+    Args:
+        feature_map: (B, C, h, w).
+        points: (B, J, S, 2) positions (x, y) in [-1, 1] (align_corners=True).
+        padding_mode: "zeros" or "border", as ``F.grid_sample``.
+    Returns:
+        (B, J, S, C).
+    """
+    sampled = F.grid_sample(feature_map, points, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    return sampled.permute(0, 2, 3, 1)  # (B, C, J, S) -> (B, J, S, C)
+
+
+class DeformableContextBlock(nn.Module):
+    """Updates the four level tokens by deformable sampling around each joint.
+
+    The pose token passes through unchanged. For level l, the query
+    LN(level_l + pose) predicts ``num_heads * num_samples`` offsets (tanh, in
+    the [-1, 1] crop frame) and softmax weights (over the samples of a head);
+    feature map l is sampled (border padding) at reference point + offset,
+    each sample embedded by ``embed_proj[l]`` to dim / num_heads channels, the
+    samples of each head weighted and summed, and the heads concatenated back
+    to ``dim``. Then a pre-norm MLP; both updates are residual, with stochastic depth.
+
+    Args:
+        dim: token width c (128 in the released model).
+        feature_channels: channels of the four feature maps.
+        num_heads, num_samples: 4 x 4 in the released model.
+        mlp_ratio: hidden width of the MLP over ``dim``.
+        drop_path: stochastic-depth rate of both residual branches.
+    """
+
+    def __init__(self, dim=128, feature_channels=(32, 64, 128, 256), num_heads=4, num_samples=4,
+                 mlp_ratio=2.0, drop_path=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"token width {dim} must be divisible by the number of heads {num_heads}")
+        self.num_heads = num_heads
+        self.num_samples = num_samples
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.attention_weights = nn.Linear(dim, num_heads * num_samples)
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_samples * 2)
+        self.embed_proj = nn.ModuleList(nn.Linear(c, dim // num_heads) for c in feature_channels)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.reset_deformable_parameters()
+
+    def reset_deformable_parameters(self):
+        """Start with zero attention logits and a star of offsets: head h points
+        in direction 2*pi*h/num_heads, its sample s at 0.01 * (s + 1) along it."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.num_heads, dtype=torch.float64) * (2.0 * math.pi / self.num_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (heads, 2)
+        directions = directions / directions.abs().max(dim=-1, keepdim=True).values
+        steps = 0.01 * torch.arange(1, self.num_samples + 1, dtype=torch.float64)
+        bias = directions[:, None, :] * steps[None, :, None]  # (heads, samples, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(bias.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+
+    def forward(self, tokens, ref, features):
+        """
+        Args:
+            tokens: (B, 5, J, dim): pose token, then one token per level.
+            ref: (B, J, 2) reference points (x, y) in [-1, 1].
+            features: four maps (B, C_l, h_l, w_l).
+        Returns:
+            (B, 5, J, dim), the pose token unchanged.
+        """
+        B, _, J, dim = tokens.shape
+        pose, levels = tokens[:, :1], tokens[:, 1:]
+        query = self.norm1(levels + pose)
+        weights = self.attention_weights(query).view(B, 4, J, self.num_heads, self.num_samples).softmax(dim=-1)
+        offsets = self.sampling_offsets(query).tanh().view(B, 4, J, self.num_heads * self.num_samples, 2)
+        positions = ref[:, None, :, None, :] + offsets  # (B, 4, J, heads * samples, 2)
+
+        attended = []
+        for level, (feature_map, embed) in enumerate(zip(features, self.embed_proj)):
+            samples = embed(sample_features(feature_map, positions[:, level], "border"))  # (B, J, heads * samples, dim / heads)
+            samples = samples.view(B, J, self.num_heads, self.num_samples, -1)
+            per_head = (samples * weights[:, level, ..., None]).sum(dim=3)  # (B, J, heads, dim / heads)
+            attended.append(per_head.reshape(B, J, dim))
+        levels = levels + self.drop_path(torch.stack(attended, dim=1))  # (B, 4, J, dim)
+        levels = levels + self.drop_path(self.mlp(self.norm2(levels)))
+        return torch.cat([pose, levels], dim=1)
