@@ -370,6 +370,9 @@ class _SkipLog:
 
     def __call__(self, exn):
         if isinstance(exn, ShardDataError):
+            if not self.skip_bad:
+                exn.args = exn.args[:1]  # WebDataset's outer stages append the stream and URL
+                raise exn
             record = SkipRecord(exn.shard, exn.key, exn.problem)
         else:
             # Raised while reading the tar itself (truncated, corrupt, missing file).
@@ -382,8 +385,6 @@ class _SkipLog:
                 return True
             self.broken_shards.add(self.current_shard)
             record = SkipRecord(self.current_shard, None, error.problem)
-        if not self.skip_bad:
-            raise exn
         self.records.append(record)
         return True
 
@@ -511,9 +512,11 @@ class ShardLoader:
     def _report(self):
         if not self.skipped:
             return
-        first = ", ".join(f"{r.key or '(tar)'} in {os.path.basename(str(r.shard))}" for r in self.skipped[:5])
-        log.warning("skipped %d bad samples or unreadable shard parts (%d samples read); first: %s. "
-                    "See the loader's .skipped for the reasons.", len(self.skipped), self.num_samples, first)
+        samples = sum(r.key is not None for r in self.skipped)
+        shards = len(self.skipped) - samples
+        first = "; ".join(f"{r.shard}, {r.key or 'tar'}: {r.reason}" for r in self.skipped[:3])
+        log.warning("skipped %d bad samples and %d unreadable shard tails (%d samples read); first: %s",
+                    samples, shards, self.num_samples, first)
 
 
 def build_loader(source, dataset, train, batch_size, num_workers=0, shuffle_buffer=1000, max_samples=None,
