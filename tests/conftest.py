@@ -50,3 +50,46 @@ def spec_keys():
         return [(k, tuple(s)) for k, s in json.loads((SPEC_DIR / f"{name}_keys.json").read_text())]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """Dataset roots with tiny released-layout shards: {"h36m": root, "mpi": root}.
+
+    Human3.6M: train/ 2 shards x 2 samples, validation/ 1 shard x 3 (three actions);
+    MPI-INF-3DHP: train/ 1 x 4, test/ 1 x 3.
+    """
+    from data_helpers import write_split
+
+    roots = {}
+    for dataset, train, test in (("h36m", [2, 2], "validation"), ("mpi", [4], "test")):
+        root = tmp_path_factory.mktemp(f"shards_{dataset}")
+        write_split(root / "train", dataset, train, seed=1)
+        write_split(root / test, dataset, [3], seed=2)
+        roots[dataset] = root
+    return roots
+
+
+@pytest.fixture
+def tiny_config(tiny_shards, tmp_path):
+    """Factory of a run Config with a tiny model on ``tiny_shards``, writing under ``tmp_path``.
+
+    ``tiny_config(dataset="h36m", **overrides)``: overrides are dotted config keys
+    written with "__" for ".", e.g. ``train__epochs=3``.
+    """
+    from common.config import load_config
+
+    def make(dataset="h36m", **overrides):
+        values = {
+            "dataset": dataset, "device": "cpu", "checkpoint": str(tmp_path / "run"),
+            "data.root": str(tiny_shards[dataset]), "data.batch_size": 2, "data.eval_batch_size": 3,
+            "data.num_workers": 0, "data.shuffle_buffer": 4,
+            "model.backbone_width": 8, "model.res_depth": 1, "model.joint_depth": 1,
+            "weights.pretrained_backbone": False, "weights.pretrained_context": False,
+            "train.epochs": 2, "train.validate_every": 2, "train.val_proposals": 2, "train.val_timesteps": 1,
+            "evaluation.num_proposals": 2, "evaluation.timesteps": 1,
+        }
+        values.update({key.replace("__", "."): value for key, value in overrides.items()})
+        return load_config(None, values)
+
+    return make
