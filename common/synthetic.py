@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from common.body_model import ACTION_FAMILIES, H36M_ACTION_FAMILY, sample_body_shape, sample_pose
 from common.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_matrix, invert_affine,
+    CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine,
     normalize_screen_coordinates,
 )
 from common.render import Capsules, new_depth_buffer, render_capsules
@@ -490,12 +490,7 @@ def crop_view(sample, dataset):
     """The 192 x 256 crop a model sees, as uint8 (256, 192, 3), with the crop-pixel detections (17, 2)."""
     if dataset == "mpi":
         return sample.image, sample.fields["joints_2d_crop"]
-    to_crop = crop_matrix(sample.fields["center"], sample.fields["scale"])
-    # PIL's affine transform takes the output -> input matrix.
-    crop = Image.fromarray(sample.image).transform(
-        (CROP_WIDTH, CROP_HEIGHT), Image.AFFINE, data=tuple(invert_affine(to_crop).reshape(-1)),
-        resample=Image.BILINEAR)
-    return np.asarray(crop), sample.fields["joints_2d_cpn_crop"]
+    return crop_image(sample.image, sample.fields["center"], sample.fields["scale"]), sample.fields["joints_2d_cpn_crop"]
 
 
 def contact_sheet(path, dataset="h36m", count=24, columns=6, seed=0, split="train", noise=NoiseOptions()):
