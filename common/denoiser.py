@@ -108,20 +108,22 @@ class SnapPoseDenoiser(nn.Module):
         drop_path_rate: largest stochastic-depth rate (training only).
         res_depth: number of per-joint blocks over the six tokens (4 released).
         joint_depth: number of blocks over the 17 joints (4 released).
+        embed_dim: token width c (128 released; a multiple of 8). Released
+            weight files fit only 128; smaller widths are for quick experiments.
 
-    The context blocks are always four, with c = 128, so that Context-Aware
-    PoseFormer's weights fit.
+    The context blocks are always four, as in Context-Aware PoseFormer.
     """
 
-    embed_dim = 128
     context_depth = 4
 
     def __init__(self, feature_channels=(32, 64, 128, 256), mask_pose=False, mask_context=False,
-                 shuffle_context=False, drop_path_rate=0.2, res_depth=4, joint_depth=4):
+                 shuffle_context=False, drop_path_rate=0.2, res_depth=4, joint_depth=4, embed_dim=128):
         super().__init__()
         if len(feature_channels) != 4:
             raise ValueError(f"expected channels of 4 feature maps, got {tuple(feature_channels)}")
-        c = self.embed_dim
+        if embed_dim < 8 or embed_dim % 8:
+            raise ValueError(f"embed_dim must be a positive multiple of 8 (128 for released weights), got {embed_dim}")
+        self.embed_dim = c = embed_dim
         self.feature_channels = tuple(feature_channels)
         self.mask_pose = mask_pose
         self.mask_context = mask_context
@@ -154,7 +156,7 @@ class SnapPoseDenoiser(nn.Module):
             ref: (B, J, 2) crop positions (x, y) in [-1, 1].
             features: four maps (B, C_l, h_l, w_l).
         Returns:
-            context (B, 5, J, 128): pose token, then levels 1-4.
+            context (B, 5, J, c): pose token, then levels 1-4.
         """
         B = keypoints_2d.shape[0]
         if keypoints_2d.shape[1:] != (1, NUM_JOINTS, 2) or ref.shape != (B, NUM_JOINTS, 2):
@@ -183,7 +185,7 @@ class SnapPoseDenoiser(nn.Module):
         """SPEC §4 steps 3-5.
 
         Args:
-            context: (B, 5, J, 128) from ``encode_context``.
+            context: (B, 5, J, c) from ``encode_context``.
             noisy_3d: (B, 1, J, 3) or (B, H, 1, J, 3) noisy root-relative pose, metres.
             t: (B,) integer timesteps, shared by a sample's hypotheses.
         Returns:

@@ -21,6 +21,7 @@ class ModelConfig:
     mask_pose, mask_context, shuffle_context: ablation switches (SPEC §4).
     drop_path_rate: largest stochastic-depth rate, training only.
     res_depth, joint_depth: number of per-joint and across-joint transformer blocks.
+    embed_dim: the denoiser's token width (128 released; a multiple of 8).
     """
 
     backbone_width: int = 32
@@ -30,6 +31,7 @@ class ModelConfig:
     drop_path_rate: float = 0.2
     res_depth: int = 4
     joint_depth: int = 4
+    embed_dim: int = 128
 
 
 def build_model(cfg=None):
@@ -49,5 +51,6 @@ def build_model(cfg=None):
         drop_path_rate=cfg.drop_path_rate,
         res_depth=cfg.res_depth,
         joint_depth=cfg.joint_depth,
+        embed_dim=cfg.embed_dim,
     )
     return backbone, denoiser
