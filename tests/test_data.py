@@ -7,7 +7,7 @@ import pytest
 import torch
 import webdataset as wds
 from data_helpers import (
-    MARKER_RADIUS, h36m_key, make_h36m_sample, make_mpi_sample, mpi_key, write_shard, write_split,
+    MARKER_RADIUS, encode_image, h36m_key, make_h36m_sample, make_mpi_sample, mpi_key, write_shard, write_split,
 )
 
 from common.data import (
@@ -178,7 +178,6 @@ def test_bad_sample_names_shard_and_key(what, h36m_sample):
 
 def test_mpi_image_of_wrong_size_is_rejected(mpi_sample):
     rng = np.random.default_rng(0)
-    from data_helpers import encode_image
     sample = dict(mpi_sample, png=encode_image(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8), "png"))
     with pytest.raises(ShardDataError, match="192x256"):
         decode_sample(raw(sample), "mpi", train=False)
