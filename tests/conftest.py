@@ -70,18 +70,18 @@ def tiny_shards(tmp_path_factory):
     return roots
 
 
-@pytest.fixture
-def tiny_config(tiny_shards, tmp_path):
-    """Factory of a run Config with a tiny model on ``tiny_shards``, writing under ``tmp_path``.
+@pytest.fixture(scope="session")
+def tiny_config(tiny_shards):
+    """Factory of a run Config with a tiny model on ``tiny_shards``.
 
-    ``tiny_config(dataset="h36m", **overrides)``: overrides are dotted config keys
-    written with "__" for ".", e.g. ``train__epochs=3``.
+    ``tiny_config(checkpoint_dir, dataset="h36m", **overrides)``: overrides are
+    dotted config keys written with "__" for ".", e.g. ``train__epochs=3``.
     """
     from common.config import load_config
 
-    def make(dataset="h36m", **overrides):
+    def make(checkpoint, dataset="h36m", **overrides):
         values = {
-            "dataset": dataset, "device": "cpu", "checkpoint": str(tmp_path / "run"),
+            "dataset": dataset, "device": "cpu", "checkpoint": str(checkpoint),
             "data.root": str(tiny_shards[dataset]), "data.batch_size": 2, "data.eval_batch_size": 3,
             "data.num_workers": 0, "data.shuffle_buffer": 4,
             "model.backbone_width": 8, "model.res_depth": 1, "model.joint_depth": 1,
