@@ -1,9 +1,41 @@
-"""Writers of weight files in the released layouts, for loader and parity tests.
-
-Each takes a state dict (names as in the specification's key lists) and
-writes it the way the authors' files store it.
+"""Helpers of the model tests: tiny models and inputs, and writers of weight
+files in the released layouts (each takes a state dict with the names of the
+specification's key lists and stores it the way the authors' files do).
 """
+import pytest
 import torch
+
+from common.denoiser import SnapPoseDenoiser
+from common.skeleton import NUM_JOINTS
+
+TINY_CHANNELS = (4, 8, 16, 32)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: on a small shared CPU, thread contention costs far more than it gains."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_denoiser(**kwargs):
+    """A SnapPoseDenoiser with token width 16, two blocks of each kind, feature channels TINY_CHANNELS."""
+    kwargs = {"feature_channels": TINY_CHANNELS, "embed_dim": 16, "res_depth": 2, "joint_depth": 2, **kwargs}
+    return SnapPoseDenoiser(**kwargs)
+
+
+def tiny_inputs(B=2, H=3, seed=0):
+    """keypoints_2d (B, 1, J, 2), ref (B, J, 2), noisy (B, H, 1, J, 3), four small maps, t (B,)."""
+    g = torch.Generator().manual_seed(seed)
+    keypoints_2d = torch.rand((B, 1, NUM_JOINTS, 2), generator=g) * 2 - 1
+    ref = torch.rand((B, NUM_JOINTS, 2), generator=g) * 1.8 - 0.9
+    noisy = torch.randn((B, H, 1, NUM_JOINTS, 3), generator=g)
+    sizes = [(16, 12), (8, 6), (4, 3), (2, 2)]
+    features = [torch.randn((B, c) + s, generator=g) for c, s in zip(TINY_CHANNELS, sizes)]
+    t = torch.randint(0, 100, (B,), generator=g)
+    return keypoints_2d, ref, noisy, features, t
 
 
 def random_state_dict(keys, seed=0):

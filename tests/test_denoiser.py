@@ -4,27 +4,13 @@ import math
 import pytest
 import torch
 
+from model_fixtures import TINY_CHANNELS, single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
+
 from common.context import DeformableContextBlock, DropPath, sample_features
 from common.denoiser import CONTEXT_PREFIXES, SinusoidalTimeEmbedding, SnapPoseDenoiser
 from common.skeleton import NUM_JOINTS
 
-TINY_CHANNELS = (4, 8, 16, 32)
-
-
-def tiny_denoiser(**kwargs):
-    kwargs = {"feature_channels": TINY_CHANNELS, "embed_dim": 16, "res_depth": 2, "joint_depth": 2, **kwargs}
-    return SnapPoseDenoiser(**kwargs)
-
-
-def tiny_inputs(B=2, H=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    keypoints_2d = torch.rand((B, 1, NUM_JOINTS, 2), generator=g) * 2 - 1
-    ref = torch.rand((B, NUM_JOINTS, 2), generator=g) * 1.8 - 0.9
-    noisy = torch.randn((B, H, 1, NUM_JOINTS, 3), generator=g)
-    sizes = [(16, 12), (8, 6), (4, 3), (2, 2)]
-    features = [torch.randn((B, c) + s, generator=g) for c, s in zip(TINY_CHANNELS, sizes)]
-    t = torch.randint(0, 100, (B,), generator=g)
-    return keypoints_2d, ref, noisy, features, t
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_state_dict_matches_released_layout(spec_keys):

@@ -7,13 +7,15 @@ float32 and float64 runs agree to about 1e-6).
 """
 import pytest
 import torch
-from released_files import write_contextpose, write_hrnet, write_snappose
+from model_fixtures import single_thread, write_contextpose, write_hrnet, write_snappose  # noqa: F401
 
 from common.checkpoints import load_backbone_weights, load_context_weights, load_snappose_weights
 from common.diffusion import ddim_sample
 from common.models import PoseHRNet, SnapPoseDenoiser
 
 TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
