@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Light from the upper left, on the camera's side (camera axes: x right, y down, z forward).
-_LIGHT = np.array([-0.45, -0.6, -0.65]) / np.linalg.norm([-0.45, -0.6, -0.65])
+_LIGHT = (np.array([-0.45, -0.6, -0.65]) / np.linalg.norm([-0.45, -0.6, -0.65])).astype(np.float32)
 _AMBIENT = 0.35
 
 
@@ -70,31 +70,33 @@ def render_capsules(canvas, depth, capsules, focal, reference_depth=None, depth_
         y_hi = min(int(np.ceil(max(p0[1], p1[1]) + reach)) + 1, height)
         if x_lo >= x_hi or y_lo >= y_hi:
             continue
-        xs = np.arange(x_lo, x_hi, dtype=np.float64)[None, :] - p0[0]  # (1, w)
-        ys = np.arange(y_lo, y_hi, dtype=np.float64)[:, None] - p0[1]  # (h, 1)
-        d = p1 - p0
+        xs = (np.arange(x_lo, x_hi) - p0[0]).astype(np.float32)[None, :]  # (1, w)
+        ys = (np.arange(y_lo, y_hi) - p0[1]).astype(np.float32)[:, None]  # (h, 1)
+        d = (p1 - p0).astype(np.float32)
         length2 = float(d @ d)
         # Position of the closest point along the segment, 0 at p0 and 1 at p1.
-        t = np.clip((xs * d[0] + ys * d[1]) / length2, 0.0, 1.0) if length2 > 1e-12 \
-            else np.zeros((y_hi - y_lo, x_hi - x_lo))
+        t = np.clip((xs * d[0] + ys * d[1]) * np.float32(1 / length2), 0, 1) if length2 > 1e-12 \
+            else np.zeros((y_hi - y_lo, x_hi - x_lo), dtype=np.float32)
         off_x = xs - t * d[0]
         off_y = ys - t * d[1]
         dist2 = off_x ** 2 + off_y ** 2
-        radius = r0 + t * (r1 - r0)
+        radius = np.float32(r0) + t * np.float32(r1 - r0)
         inside = dist2 < radius ** 2
         if not inside.any():
             continue
-        radius = np.maximum(radius, 1e-6)
-        bulge = np.sqrt(np.maximum(radius ** 2 - dist2, 0.0))  # pixels towards the camera
-        axis_z = z0 + t * (z1 - z0)
-        surface_z = axis_z - bulge * axis_z / focal
+        radius = np.maximum(radius, np.float32(1e-6))
+        bulge = np.sqrt(np.maximum(radius ** 2 - dist2, np.float32(0)))  # pixels towards the camera
+        axis_z = np.float32(z0) + t * np.float32(z1 - z0)
+        surface_z = axis_z - bulge * axis_z * np.float32(1 / focal)
         window = depth[y_lo:y_hi, x_lo:x_hi]
         visible = inside & (surface_z < window)
         if not visible.any():
             continue
+        # Shade only the visible pixels: (n,) arrays from here on.
+        off_x, off_y, bulge, radius, surface_z = (a[visible] for a in np.broadcast_arrays(
+            off_x, off_y, bulge, radius, surface_z))
         normal_dot = (off_x * _LIGHT[0] + off_y * _LIGHT[1] - bulge * _LIGHT[2]) / radius
         brightness = _AMBIENT + (1 - _AMBIENT) * np.clip(normal_dot, 0.0, 1.0)
         brightness = brightness * np.clip(1.0 + depth_shading * (reference_depth - surface_z), 0.5, 1.5)
-        colour = np.clip(brightness[..., None] * capsules.colour[i], 0.0, 1.0)  # (h, w, 3)
-        window[visible] = surface_z[visible]
-        canvas[y_lo:y_hi, x_lo:x_hi][visible] = colour[visible]
+        window[visible] = surface_z
+        canvas[y_lo:y_hi, x_lo:x_hi][visible] = np.clip(brightness[:, None] * capsules.colour[i], 0.0, 1.0)
