@@ -19,6 +19,7 @@ mis-shaped tensor is an error that names it and the file.
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -55,6 +56,8 @@ def read_checkpoint(path, trust_pickle=True):
         raise FileNotFoundError(
             f"weight file {path} not found: download the released weights (PoseHRNet, "
             f"Context-Aware PoseFormer, SnapPose) and pass their path, or train one first")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -72,6 +75,14 @@ def read_checkpoint(path, trust_pickle=True):
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or checkpoint)")
     return obj
+
+
+def _looks_like_torch_file(path):
+    # torch.save writes a zip archive; files of torch < 1.6 are a bare pickle (protocol 2+ starts with 0x80).
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _load_unsafe(path):
@@ -168,8 +179,8 @@ def load_context_weights(denoiser, path):
     obj = read_checkpoint(path)
     if not isinstance(obj.get("model"), dict):
         raise CheckpointError(
-            f"{path} has no 'model' state dict: expected a Context-Aware PoseFormer file "
-            f"(*_nips_retrain.bin), found keys {_listing(obj.keys())}")
+            f"{path} is not a Context-Aware PoseFormer file (*_nips_retrain.bin): it has no 'model' "
+            f"state dict; found keys {_listing(obj.keys())}")
     inner = strip_wrapper_prefixes(obj["model"])
     lifter = next((p for p in CONTEXT_LIFTER_PREFIXES if any(n.startswith(p) for n in inner)), None)
     if lifter is None:
