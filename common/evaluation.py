@@ -1,0 +1,226 @@
+"""Evaluation: H hypotheses by DDIM, flip-test averaging, metrics, predictions and figures.
+
+For each test sample the frozen backbone sees the crop and its mirror image in
+one batch; the denoiser draws H hypotheses for both views from the same initial
+noise with K DDIM steps; the mirrored view's hypotheses are un-flipped
+(``skeleton.flip_pose_3d``) and averaged with the original's, hypothesis by
+hypothesis; the root joint is set to 0; ``common.metrics.MetricAccumulator``
+scores them. The initial noise of a sample is seeded by its key, so the
+predictions do not depend on the batch size or on the number of processes.
+"""
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import distributed
+from common.checkpoints import load_backbone_weights, load_snappose_weights
+from common.config import config_to_dict, output_paths
+from common.data import build_loader
+from common.diffusion import ddim_sample
+from common.metrics import MetricAccumulator
+from common.models import build_model
+from common.skeleton import ROOT_JOINT, flip_pose_3d
+from common.visualization import draw_sample
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SOURCES = {
+    "backbone": ("the PoseHRNet-W32 backbone weights (pose_hrnet_w32_256x192.pth, released with "
+                 "HRNet and SnapPose)", "--backbone-weights"),
+    "context": ("the Context-Aware PoseFormer weights (human36m_nips_retrain.bin or "
+                "mpi-inf_nips_retrain.bin, released with Context-Aware PoseFormer)", "--context-weights"),
+}
+
+
+def require_weight_file(path, kind):
+    """Raise FileNotFoundError naming ``path``, what the file is and how to point elsewhere."""
+    if not Path(path).is_file():
+        what, flag = WEIGHT_SOURCES[kind]
+        raise FileNotFoundError(
+            f"weight file {path} not found: it should hold {what}. Put it there, pass its path with "
+            f"{flag}, or set weights.pretrained_{kind}: false in the config to run with random weights")
+    return Path(path)
+
+
+def resolve_device(device):
+    return torch.device(device) if device is not None else distributed.init_distributed("auto")
+
+
+def build_networks(cfg, device):
+    """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
+
+    A config with ``weights.pretrained_backbone: false`` keeps the random
+    backbone and logs a warning.
+    """
+    backbone, denoiser = build_model(cfg.model)
+    if cfg.weights.pretrained_backbone:
+        load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"))
+    else:
+        log.warning("backbone weights: none loaded (weights.pretrained_backbone is false); "
+                    "the backbone is random, which suits synthetic data only")
+    backbone.requires_grad_(False)
+    backbone.eval()
+    return backbone.to(device), denoiser.to(device)
+
+
+def initial_noise(keys, num_proposals, seed, device):
+    """x_T ~ N(0, I) of shape (B, H, 1, 17, 3), each sample's drawn from a generator seeded by its key."""
+    noise = []
+    for key in keys:
+        generator = torch.Generator().manual_seed((zlib.crc32(str(key).encode()) + 7919 * seed) % 2**63)
+        noise.append(torch.randn((num_proposals, 1, 17, 3), generator=generator))
+    return torch.stack(noise).to(device)  # (B, H, 1, 17, 3)
+
+
+@torch.no_grad()
+def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test=True,
+                       num_train_timesteps=100, seed=0):
+    """Draw H hypotheses for a test batch.
+
+    Args:
+        backbone, denoiser: networks in eval mode (the denoiser unwrapped from DDP).
+        batch: a test batch of ``common.data.build_loader``: image (B, 2, 3, 256, 192),
+            keypoints_2d (B, 2, 17, 2), ref (B, 2, 17, 2), key (B,);
+            view 0 is the original, view 1 the mirror image.
+        num_proposals: H. timesteps: DDIM steps K.
+        flip_test: run both views and average; False uses view 0 only.
+    Returns:
+        (B, H, 17, 3) root-relative hypotheses in metres, root exactly 0.
+    """
+    device = next(denoiser.parameters()).device
+    views = 2 if flip_test else 1
+    images = batch["image"][:, :views].to(device)
+    keypoints = batch["keypoints_2d"][:, :views].to(device)
+    ref = batch["ref"][:, :views].to(device)
+    size = images.shape[0]
+    # View-major so that the first B rows are the originals, the next B their mirrors.
+    images = images.transpose(0, 1).flatten(0, 1)  # (V*B, 3, 256, 192)
+    keypoints = keypoints.transpose(0, 1).flatten(0, 1)[:, None]  # (V*B, 1, 17, 2)
+    ref = ref.transpose(0, 1).flatten(0, 1)  # (V*B, 17, 2)
+    features = backbone(images)
+    noise = initial_noise(batch["key"], num_proposals, seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
+    sample = ddim_sample(denoiser, noise, keypoints, ref, features, timesteps, num_train_timesteps)
+    sample = sample[:, :, 0].unflatten(0, (views, size))  # (V, B, H, 17, 3)
+    poses = sample[0]
+    if flip_test:
+        poses = (poses + flip_pose_3d(sample[1])) / 2
+    poses = poses.clone()
+    poses[..., ROOT_JOINT, :] = 0
+    return poses
+
+
+@torch.no_grad()
+def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps, flip_test=True,
+                   num_train_timesteps=100, seed=0, keep_predictions=False, figures_dir=None,
+                   num_figures=0, desc="evaluate"):
+    """Score every sample of ``loader`` once across all processes.
+
+    Args:
+        loader: test batches (``build_loader(..., train=False)``), split over processes.
+        dataset: "h36m" or "mpi" (which metrics are reported).
+        keep_predictions: also return keys, hypotheses and ground truth of all samples.
+        figures_dir, num_figures: draw the first ``num_figures`` samples of the
+            main process as PNG files into ``figures_dir``.
+    Returns:
+        (accumulator, predictions): a ``MetricAccumulator`` holding every
+        process's samples (its ``summary()`` in millimetres and percent, its
+        ``table()`` printable), and on the main process,
+        if kept, {"keys" (N,), "hypotheses" (N, H, 17, 3), "ground_truth" (N, 17, 3)}
+        in metres; else None.
+    """
+    denoiser.eval()
+    accumulator = MetricAccumulator(dataset)
+    kept = {"keys": [], "hypotheses": [], "ground_truth": []}
+    drawn = 0
+    main = distributed.is_main_process()
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not main, dynamic_ncols=True):
+        hypotheses = predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test,
+                                        num_train_timesteps, seed).cpu()
+        target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
+        accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
+        if keep_predictions:
+            kept["keys"].extend(batch["key"])
+            kept["hypotheses"].append(hypotheses.numpy().astype(np.float32))
+            kept["ground_truth"].append(target.numpy().astype(np.float32))
+        if main and figures_dir is not None and drawn < num_figures:
+            for i in range(min(num_figures - drawn, len(target))):
+                draw_sample(Path(figures_dir) / f"{batch['key'][i]}.png", batch["image"][i, 0],
+                            batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
+                            title=str(batch["key"][i]))
+                drawn += 1
+    merged = MetricAccumulator(dataset)
+    for arrays in distributed.all_gather_objects(accumulator.arrays()):
+        merged.merge(arrays)
+    if len(merged) == 0:
+        raise RuntimeError("the evaluation saw no samples: check the test shards (-w) and --max-samples")
+    predictions = None
+    if keep_predictions:
+        local = {"keys": np.asarray(kept["keys"], dtype=str),
+                 "hypotheses": _concat(kept["hypotheses"], (0, num_proposals, 17, 3)),
+                 "ground_truth": _concat(kept["ground_truth"], (0, 17, 3))}
+        gathered = distributed.gather_arrays(local)
+        predictions = gathered if main else None
+    return merged, predictions
+
+
+def _concat(chunks, empty_shape):
+    return np.concatenate(chunks) if chunks else np.zeros(empty_shape, dtype=np.float32)
+
+
+
+def write_predictions(path, predictions):
+    """Save keys (N,), hypotheses (N, H, 17, 3) and ground truth (N, 17, 3), metres, as npz."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **predictions)
+    return path
+
+
+def evaluate(cfg, weights, device=None):
+    """Evaluate the SnapPose checkpoint ``weights`` on the test split of ``cfg.data.root``.
+
+    Prints the metrics table and, on the main process, writes ``metrics.json``
+    (and, as configured, the predictions npz and PNG figures) where
+    ``config.output_paths(cfg)`` says.
+
+    Args:
+        cfg: Config; uses data, model, weights.backbone, evaluation, seed.
+        weights: SnapPose checkpoint file (``best_h36m.bin``, ``latest_epoch.bin``, ...).
+        device: torch.device; None initialises (distributed) from the environment.
+    Returns:
+        The metrics summary dict (millimetres; PCK and AUC in percent), with
+        "checkpoint", "epoch" and the sampling settings added.
+    """
+    device = resolve_device(device)
+    paths = output_paths(cfg)
+    backbone, denoiser = build_networks(cfg, device)
+    checkpoint = load_snappose_weights(denoiser, weights)
+    e = cfg.evaluation
+    loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
+                          num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
+                          skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+    log.info("evaluating %s: %d hypotheses, %d DDIM steps, flip test %s",
+             weights, e.num_proposals, e.timesteps, "on" if e.flip_test else "off")
+    accumulator, predictions = run_evaluation(
+        backbone, denoiser, loader, cfg.dataset, e.num_proposals, e.timesteps, e.flip_test,
+        cfg.train.num_train_timesteps, cfg.seed, keep_predictions=paths.predictions is not None,
+        figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize)
+    summary = accumulator.summary()
+    summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
+                   num_proposals=e.num_proposals, timesteps=e.timesteps, flip_test=e.flip_test)
+    if distributed.is_main_process():
+        print(accumulator.table(), flush=True)
+        paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+        paths.metrics.write_text(json.dumps({"metrics": summary, "config": config_to_dict(cfg)}, indent=2))
+        log.info("metrics written to %s", paths.metrics)
+        if predictions is not None:
+            log.info("predictions written to %s", write_predictions(paths.predictions, predictions))
+        if e.visualize:
+            log.info("figures written to %s", paths.figures)
+    distributed.barrier()
+    return summary

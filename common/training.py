@@ -1,0 +1,300 @@
+"""DDPM training of the SnapPose denoiser, with validation, checkpoints, logs and resume.
+
+One epoch: for each batch the frozen backbone (eval mode, no gradients) turns
+the crops into feature maps; ``diffusion.diffusion_loss`` draws timesteps and
+noise and returns the epsilon MSE; AdamW steps. After the epoch the learning
+rate is multiplied by ``lr_decay``. Every ``validate_every`` epochs, and after
+the last, the model is evaluated (K = ``val_timesteps`` DDIM steps, H =
+``val_proposals``); an improved MPJPE of the mean hypothesis writes
+``best_<dataset>.bin``. ``latest_epoch.bin`` is written every
+``checkpoint_frequency`` epochs, after the last, and on Ctrl-C / SIGTERM.
+
+Checkpoint files hold the original's keys (epoch, lr, optimizer, model_pos)
+plus what resuming needs: the best MPJPE so far, the batches already done in an
+interrupted epoch, the random states of every process and the training noise
+generator, and the resolved configuration. Resuming restores them and skips
+the batches already done, so a resumed run continues as if never stopped.
+"""
+import logging
+import random
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from common import distributed
+from common.checkpoints import load_context_weights, load_snappose_weights, save_checkpoint
+from common.config import config_to_dict, output_paths, save_config
+from common.data import build_loader
+from common.diffusion import diffusion_loss, make_ddpm_scheduler
+from common.evaluation import build_networks, require_weight_file, resolve_device, run_evaluation
+
+log = logging.getLogger(__name__)
+
+# The validation metric that decides ``best_<dataset>.bin`` (millimetres).
+BEST_METRIC = "mpjpe_mean_hypothesis"
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    """This process's random states (Python, NumPy, torch CPU and CUDA).
+
+    Held as tensors, ints and tuples only, so that checkpoints load with
+    ``torch.load(weights_only=True)``.
+    """
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state):
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM (e.g. a cluster's pre-emption) into KeyboardInterrupt, like Ctrl-C."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _State:
+    """Progress that checkpoints carry: completed epochs, batches of the current one, best MPJPE."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best = float("inf")
+        self.loss_sum = 0.0
+
+
+def _set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _log_line(path, text):
+    with open(path, "a") as handle:
+        handle.write(text + "\n")
+
+
+def train(cfg, resume=None, device=None):
+    """Train the denoiser as configured; returns the path of ``best_<dataset>.bin`` (or latest).
+
+    Args:
+        cfg: Config.
+        resume: a checkpoint written by this function (``latest_epoch.bin``) to
+            continue from; None starts afresh (from the CA-PF context weights).
+        device: torch.device; None initialises (distributed) from the environment.
+    Returns:
+        Path of the best checkpoint, or of ``latest_epoch.bin`` if validation is off.
+    Raises:
+        KeyboardInterrupt: after saving ``latest_epoch.bin`` on Ctrl-C or SIGTERM.
+        FileNotFoundError: a weight file is missing.
+    """
+    device = resolve_device(device)
+    paths = output_paths(cfg)
+    main = distributed.is_main_process()
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    seed_everything(cfg.seed + rank)
+
+    backbone, denoiser = build_networks(cfg, device)
+    # Also when resuming: loading freezes the CA-PF parts, so the optimizer sees
+    # the same parameters as in the run that wrote the checkpoint.
+    if cfg.weights.pretrained_context:
+        load_context_weights(denoiser, require_weight_file(cfg.context_weights, "context"))
+    else:
+        log.warning("context weights: none loaded (weights.pretrained_context is false); the context "
+                    "blocks start random and are trained")
+    trainable = denoiser.trainable_parameters()
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
+
+    state = _State()
+    pending_rng = None
+    if resume is not None:
+        pending_rng = _restore(resume, denoiser, optimizer, generator, state, rank, world, cfg)
+    lr = optimizer.param_groups[0]["lr"]
+    model = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None) \
+        if distributed.is_distributed() else denoiser
+    scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
+    loader = build_loader(cfg.data.root, cfg.dataset, train=True, batch_size=cfg.data.batch_size,
+                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                          max_samples=cfg.data.max_train_samples, skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+    val_loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
+                              num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
+                              skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+
+    writer = None
+    if main:
+        paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, paths.config)
+        writer = SummaryWriter(str(paths.tensorboard))
+        _log_line(paths.training_log, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                                      f"{'resumed from ' + str(resume) if resume else 'started'}; "
+                                      f"{world} process(es), device {device}, "
+                                      f"{sum(p.numel() for p in trainable)} trainable parameters")
+        log.info("training %s for %d epochs into %s", cfg.dataset, cfg.train.epochs, paths.checkpoint_dir)
+
+    def save(path, **extra):
+        rng = distributed.all_gather_objects({"rng": rng_state(), "generator": generator.get_state()})
+        if main:
+            save_checkpoint(path, denoiser, optimizer, epoch=state.epoch, lr=lr, best_mpjpe=state.best,
+                            step_in_epoch=state.step_in_epoch, global_step=state.global_step,
+                            loss_sum=state.loss_sum, rng=rng, config=config_to_dict(cfg), **extra)
+        distributed.barrier()
+
+    try:
+        with sigterm_as_interrupt():
+            while state.epoch < cfg.train.epochs:
+                epoch = state.epoch
+                backbone.eval()
+                model.train()
+                loader.set_epoch(epoch)
+                batches = iter(loader)
+                skip = state.step_in_epoch
+                for _ in range(skip):  # the batches an interrupted run already trained on
+                    next(batches)
+                if pending_rng is not None:
+                    set_rng_state(pending_rng)
+                    pending_rng = None
+                start = time.time()
+                progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+                                disable=not main, dynamic_ncols=True, initial=skip)
+                join = model.join() if isinstance(model, DistributedDataParallel) else nullcontext()
+                with join:
+                    for batch in progress:
+                        loss = _train_step(model, backbone, batch, scheduler, optimizer, generator, device)
+                        state.loss_sum += loss
+                        state.step_in_epoch += 1
+                        state.global_step += 1
+                        progress.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
+                        if writer is not None:
+                            writer.add_scalar("train/loss", loss, state.global_step)
+                steps = max(state.step_in_epoch, 1)
+                epoch_loss = distributed.all_reduce_mean(state.loss_sum / steps)
+                state.epoch += 1
+                state.step_in_epoch = 0
+                state.loss_sum = 0.0
+                lr *= cfg.train.lr_decay
+                _set_lr(optimizer, lr)
+                line = (f"epoch {state.epoch:4d} | loss {epoch_loss:.6f} | next lr {lr:.4e} | "
+                        f"{time.time() - start:.1f} s")
+
+                last = state.epoch == cfg.train.epochs
+                every = cfg.train.validate_every
+                if every and (state.epoch % every == 0 or last):
+                    summary, _ = run_evaluation(
+                        backbone, denoiser, val_loader, cfg.dataset, cfg.train.val_proposals,
+                        cfg.train.val_timesteps, cfg.evaluation.flip_test, cfg.train.num_train_timesteps,
+                        cfg.seed, desc=f"validate {state.epoch}")
+                    summary = summary.summary()
+                    value = summary[BEST_METRIC]
+                    line += f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
+                    if writer is not None:
+                        for name in ("mpjpe_mean_hypothesis", "mpjpe_best_pose_hypothesis",
+                                     "p_mpjpe_mean_hypothesis"):
+                            writer.add_scalar(f"val/{name}", summary[name], state.epoch)
+                    if value < state.best:
+                        state.best = value
+                        save(paths.best, val_metrics=summary)
+                        line += " | best"
+                if state.epoch % cfg.train.checkpoint_frequency == 0 or last:
+                    save(paths.latest)
+                if writer is not None:
+                    writer.add_scalar("train/epoch_loss", epoch_loss, state.epoch)
+                    writer.add_scalar("train/lr", lr, state.epoch)
+                    writer.flush()
+                if main:
+                    _log_line(paths.training_log, line)
+                    log.info(line)
+    except KeyboardInterrupt:
+        log.warning("interrupted in epoch %d after %d batches; saving %s",
+                    state.epoch + 1, state.step_in_epoch, paths.latest)
+        save(paths.latest, interrupted=True)
+        if main:
+            _log_line(paths.training_log, f"# interrupted in epoch {state.epoch + 1} after "
+                                          f"{state.step_in_epoch} batches; saved {paths.latest}")
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    return paths.best if paths.best.is_file() else paths.latest
+
+
+def _train_step(model, backbone, batch, scheduler, optimizer, generator, device):
+    """One optimisation step on a training batch; returns the loss as a float."""
+    images = batch["image"].to(device, non_blocking=True)
+    with torch.no_grad():
+        features = backbone(images)
+    keypoints = batch["keypoints_2d"].to(device)[:, None]  # (B, 1, 17, 2)
+    ref = batch["ref"].to(device)
+    pose = batch["keypoints_3d"].to(device)
+    loss = diffusion_loss(model, pose, keypoints, ref, features, scheduler, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _restore(path, denoiser, optimizer, generator, state, rank, world, cfg):
+    """Load a training checkpoint into the model, optimizer and state; returns the RNG state to set.
+
+    The random states are set once the data iterator has been rebuilt (and, in
+    an interrupted epoch, fast-forwarded), so that the run continues with
+    exactly the draws it would have made.
+    """
+    checkpoint = load_snappose_weights(denoiser, path)
+    if checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    lr = checkpoint.get("lr")
+    if lr is not None:
+        _set_lr(optimizer, lr)
+    state.epoch = int(checkpoint.get("epoch", 0))
+    state.step_in_epoch = int(checkpoint.get("step_in_epoch", 0))
+    state.global_step = int(checkpoint.get("global_step", 0))
+    state.best = float(checkpoint.get("best_mpjpe", float("inf")))
+    state.loss_sum = float(checkpoint.get("loss_sum", 0.0))
+    log.info("resumed from %s: %d epochs done%s, lr %s, best MPJPE %.2f mm", path, state.epoch,
+             f" (+{state.step_in_epoch} batches)" if state.step_in_epoch else "", lr, state.best)
+    saved = checkpoint.get("rng")
+    if not saved:
+        return None
+    if len(saved) != world:
+        log.warning("checkpoint %s was written by %d process(es), this run has %d: random states are not "
+                    "restored, so the run will not repeat the original exactly", path, len(saved), world)
+        return None
+    generator.set_state(saved[rank]["generator"])
+    return saved[rank]["rng"]

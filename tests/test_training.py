@@ -1,0 +1,130 @@
+"""Training on tiny shards with a tiny model: checkpoints, logs, frozen parts, resume and interruptions."""
+import pytest
+import torch
+
+import common.training as training
+from common.checkpoints import CONTEXT_PREFIXES, read_checkpoint
+from common.config import output_paths
+from common.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def _weights(path):
+    return read_checkpoint(path)["model_pos"]
+
+
+def _assert_same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0, msg=f"tensor {name} differs")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_config, tmp_path_factory):
+    """Two uninterrupted epochs, validating after each: the reference for the resume tests."""
+    cfg = tiny_config(tmp_path_factory.mktemp("straight"), train__validate_every=1)
+    best = training.train(cfg, device=CPU)
+    return cfg, best
+
+
+def test_two_epochs_write_checkpoints_logs_and_config(straight_run):
+    cfg, best = straight_run
+    paths = output_paths(cfg)
+    assert best == paths.best and best.name == "best_h36m.bin"
+    latest = read_checkpoint(paths.latest)
+    assert latest["epoch"] == 2 and latest["step_in_epoch"] == 0
+    assert latest["lr"] == pytest.approx(6e-5 * 0.993 ** 2, rel=1e-12)
+    assert latest["optimizer"]["state"], "the optimizer state is saved for resuming"
+    best_checkpoint = read_checkpoint(paths.best)
+    assert best_checkpoint["best_mpjpe"] == pytest.approx(best_checkpoint["val_metrics"]["mpjpe_mean_hypothesis"])
+    assert latest["best_mpjpe"] == pytest.approx(best_checkpoint["best_mpjpe"])
+    lines = [l for l in paths.training_log.read_text().splitlines() if l.startswith("epoch")]
+    assert len(lines) == 2 and all("val MPJPE" in l for l in lines)
+    assert paths.config.is_file()
+    assert list(paths.tensorboard.glob("events.out.tfevents.*"))
+    assert not list(paths.checkpoint_dir.glob(".*.tmp-*")), "no temporary checkpoint files are left"
+
+
+# The runs below skip validation (it changes no weights) to stay fast. Each
+# compares its final weights with the straight run's: equal weights need both
+# an exact resume and a run that is reproducible for its seed.
+
+def test_resume_continues_at_the_right_epoch_as_if_never_stopped(straight_run, tiny_config, tmp_path):
+    cfg, _ = straight_run
+    first = tiny_config(tmp_path / "run", train__epochs=1, train__validate_every=0)
+    training.train(first, device=CPU)
+    assert read_checkpoint(output_paths(first).latest)["epoch"] == 1
+    second = tiny_config(tmp_path / "run", train__epochs=2, train__validate_every=0)
+    training.train(second, resume=output_paths(second).latest, device=CPU)
+    latest = read_checkpoint(output_paths(second).latest)
+    assert latest["epoch"] == 2
+    assert latest["lr"] == read_checkpoint(output_paths(cfg).latest)["lr"]
+    _assert_same_weights(output_paths(second).latest, output_paths(cfg).latest)
+
+
+def _fail_at_step(monkeypatch, step, error):
+    calls = {"n": 0}
+    real = training._train_step
+
+    def step_or_fail(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", step_or_fail)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(straight_run, tiny_config, tmp_path, monkeypatch):
+    cfg, _ = straight_run
+    run = tiny_config(tmp_path / "run", train__validate_every=0)
+    # 2 batches per epoch: the 4th step is the second batch of epoch 2.
+    _fail_at_step(monkeypatch, 4, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        training.train(run, device=CPU)
+    saved = read_checkpoint(output_paths(run).latest)
+    assert (saved["epoch"], saved["step_in_epoch"], saved["interrupted"]) == (1, 1, True)
+    monkeypatch.undo()
+    training.train(run, resume=output_paths(run).latest, device=CPU)
+    _assert_same_weights(output_paths(run).latest, output_paths(cfg).latest)
+
+
+def test_crash_mid_epoch_keeps_the_last_saved_checkpoint(straight_run, tiny_config, tmp_path, monkeypatch):
+    cfg, _ = straight_run
+    run = tiny_config(tmp_path / "run", train__validate_every=0, train__checkpoint_frequency=1)
+    _fail_at_step(monkeypatch, 4, RuntimeError("simulated crash"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(run, device=CPU)
+    saved = read_checkpoint(output_paths(run).latest)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 0)
+    monkeypatch.undo()
+    training.train(run, resume=output_paths(run).latest, device=CPU)
+    _assert_same_weights(output_paths(run).latest, output_paths(cfg).latest)
+
+
+def test_run_shorter_than_the_validation_interval_validates_at_the_end(tiny_config, tmp_path):
+    cfg = tiny_config(tmp_path / "run", train__epochs=1, train__validate_every=5)
+    assert training.train(cfg, device=CPU) == output_paths(cfg).best
+    assert "val MPJPE" in output_paths(cfg).training_log.read_text()
+
+
+def test_context_weights_stay_frozen_and_the_rest_trains(tiny_config, tmp_path):
+    _, donor = build_model(tiny_config(tmp_path).model)
+    context = {f"module.volume_net.{name}": t for name, t in donor.state_dict().items()
+               if name.startswith(CONTEXT_PREFIXES)}
+    torch.save({"model": context}, tmp_path / "capf.bin")
+    cfg = tiny_config(tmp_path / "run", train__epochs=1, train__validate_every=0, weights__pretrained_context=True,
+                      weights__context=str(tmp_path / "capf.bin"))
+    trained = _weights(training.train(cfg, device=CPU))  # latest_epoch.bin: no validation, no best
+    for name, tensor in donor.state_dict().items():
+        if name.startswith(CONTEXT_PREFIXES):
+            assert torch.equal(trained[name], tensor), f"frozen {name} changed"
+    assert not torch.equal(trained["head.1.weight"], donor.state_dict()["head.1.weight"])
+
+
+def test_missing_context_file_names_the_path_and_the_flag(tiny_config, tmp_path):
+    cfg = tiny_config(tmp_path / "run", weights__pretrained_context=True, weights__context=str(tmp_path / "no.bin"))
+    with pytest.raises(FileNotFoundError, match=r"no\.bin not found.*Context-Aware PoseFormer.*--context-weights"):
+        training.train(cfg, device=CPU)
