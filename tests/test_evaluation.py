@@ -1,0 +1,96 @@
+"""Evaluation on tiny shards: metrics.json, predictions, figures, flip test and batching independence."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common import metrics
+from common.checkpoints import save_checkpoint
+from common.config import output_paths
+from common.data import build_loader
+from common.evaluation import build_networks, evaluate, predict_hypotheses
+from common.models import build_model
+from common.skeleton import flip_pose_3d
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_config, tmp_path_factory):
+    """An untrained tiny SnapPose checkpoint (evaluation needs no trained weights to be tested)."""
+    _, denoiser = build_model(tiny_config("unused").model)
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "best_h36m.bin", denoiser, epoch=3)
+
+
+def test_evaluate_writes_finite_metrics_predictions_and_figures(tiny_config, weights, tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "run", evaluation__save_predictions=str(tmp_path / "out" / "p.npz"),
+                      evaluation__visualize=2, evaluation__num_proposals=3)
+    summary = evaluate(cfg, weights, device=CPU)
+    paths = output_paths(cfg)
+    assert summary["num_samples"] == 3 and summary["epoch"] == 3
+    for name in ("mpjpe", "p_mpjpe", "n_mpjpe"):
+        for aggregation in metrics.AGGREGATIONS:
+            value = summary[f"{name}_{aggregation}_hypothesis"]
+            assert np.isfinite(value) and value > 0
+    assert len(summary["per_action"]["mpjpe_mean_hypothesis"]) == 3  # the tiny split has three actions
+    saved = json.loads(paths.metrics.read_text())
+    assert saved["metrics"]["mpjpe_mean_hypothesis"] == pytest.approx(summary["mpjpe_mean_hypothesis"])
+    assert saved["config"]["evaluation"]["num_proposals"] == 3
+    assert "frame average" in capsys.readouterr().out
+
+    predictions = np.load(paths.predictions)
+    assert predictions["hypotheses"].shape == (3, 3, 17, 3)
+    assert predictions["ground_truth"].shape == (3, 17, 3) and len(predictions["keys"]) == 3
+    assert np.all(predictions["hypotheses"][:, :, 0] == 0), "the root joint is set to exactly 0"
+    # The saved predictions are what was scored.
+    mean_error = metrics.hypothesis_error(torch.from_numpy(predictions["hypotheses"]).double(),
+                                          torch.from_numpy(predictions["ground_truth"]).double())
+    assert 1000 * mean_error.item() == pytest.approx(summary["mpjpe_mean_hypothesis"], rel=1e-5)
+    figures = sorted(paths.figures.glob("*.png"))
+    assert len(figures) == 2 and all(f.stat().st_size > 10_000 for f in figures)
+
+
+def test_evaluate_mpi_reports_pck_and_auc_on_14_and_17_joints(tiny_config, weights, tmp_path):
+    cfg = tiny_config(tmp_path / "run", dataset="mpi")
+    summary = evaluate(cfg, weights, device=CPU)
+    for name in ("pck14", "pck17", "auc14", "auc17"):
+        assert 0 <= summary[f"{name}_mean_hypothesis"] <= 100
+    assert "per_action" not in summary
+
+
+def _test_batch(cfg, batch_size):
+    loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=batch_size)
+    return list(loader)
+
+
+def test_hypotheses_do_not_depend_on_batch_size(tiny_config, weights, tmp_path):
+    cfg = tiny_config(tmp_path)
+    backbone, denoiser = build_networks(cfg, CPU)
+    denoiser.load_state_dict(torch.load(weights)["model_pos"])
+    denoiser.eval()
+    whole = predict_hypotheses(backbone, denoiser, _test_batch(cfg, 3)[0], 2, 2)
+    pieces = torch.cat([predict_hypotheses(backbone, denoiser, b, 2, 2) for b in _test_batch(cfg, 1)])
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_flip_test_averages_the_unflipped_mirror_view(tiny_config, weights, tmp_path):
+    cfg = tiny_config(tmp_path)
+    backbone, denoiser = build_networks(cfg, CPU)
+    denoiser.load_state_dict(torch.load(weights)["model_pos"])
+    denoiser.eval()
+    batch = _test_batch(cfg, 3)[0]
+    both = predict_hypotheses(backbone, denoiser, batch, 2, 2, flip_test=True)
+    original = predict_hypotheses(backbone, denoiser, batch, 2, 2, flip_test=False)
+    # Feeding the mirror view as view 0 gives the mirrored prediction of that view.
+    swapped = dict(batch, **{k: batch[k].flip(1) for k in ("image", "keypoints_2d", "keypoints_2d_crop", "ref")})
+    mirror = predict_hypotheses(backbone, denoiser, swapped, 2, 2, flip_test=False)
+    torch.testing.assert_close(both, (original + flip_pose_3d(mirror)) / 2, rtol=1e-4, atol=1e-5)
+    assert torch.all(both[..., 0, :] == 0)
+
+
+def test_missing_backbone_weights_name_the_file_and_the_flag(tiny_config, weights, tmp_path):
+    cfg = tiny_config(tmp_path / "run", weights__pretrained_backbone=True,
+                      weights__backbone=str(tmp_path / "hrnet.pth"))
+    with pytest.raises(FileNotFoundError, match=r"hrnet\.pth not found.*PoseHRNet-W32.*--backbone-weights"):
+        evaluate(cfg, weights, device=CPU)
