@@ -84,7 +84,7 @@ def tiny_config(tiny_shards):
             "dataset": dataset, "device": "cpu", "checkpoint": str(checkpoint),
             "data.root": str(tiny_shards[dataset]), "data.batch_size": 2, "data.eval_batch_size": 3,
             "data.num_workers": 0, "data.shuffle_buffer": 4,
-            "model.backbone_width": 8, "model.res_depth": 1, "model.joint_depth": 1,
+            "model.backbone_width": 8, "model.res_depth": 1, "model.joint_depth": 1, "model.embed_dim": 32,
             "weights.pretrained_backbone": False, "weights.pretrained_context": False,
             "train.epochs": 2, "train.validate_every": 2, "train.val_proposals": 2, "train.val_timesteps": 1,
             "evaluation.num_proposals": 2, "evaluation.timesteps": 1,

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_fixtures import single_thread  # noqa: F401
 
 from common import metrics
 from common.checkpoints import save_checkpoint
@@ -13,6 +14,7 @@ from common.evaluation import build_networks, evaluate, predict_hypotheses
 from common.models import build_model
 from common.skeleton import flip_pose_3d
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
 
 

@@ -1,12 +1,14 @@
 """Training on tiny shards with a tiny model: checkpoints, logs, frozen parts, resume and interruptions."""
 import pytest
 import torch
+from model_fixtures import single_thread  # noqa: F401
 
 import common.training as training
 from common.checkpoints import CONTEXT_PREFIXES, read_checkpoint
 from common.config import output_paths
 from common.models import build_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
 
 
