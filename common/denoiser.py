@@ -28,6 +28,7 @@ mode like every other layer, as in the original training.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.context import DeformableContextBlock, DropPath, Mlp, sample_features
@@ -53,9 +54,8 @@ class Attention(nn.Module):
         N, T, C = x.shape
         qkv = self.qkv(x).reshape(N, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, N, heads, T, C / heads)
         q, k, v = qkv.unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (N, heads, T, T)
-        out = (attn @ v).transpose(1, 2).reshape(N, T, C)
-        return self.proj(out)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T * scale) v
+        return self.proj(out.transpose(1, 2).reshape(N, T, C))
 
 
 class TransformerBlock(nn.Module):
@@ -201,13 +201,16 @@ class SnapPoseDenoiser(nn.Module):
         H = noisy_3d.shape[1] if hypotheses else 1
         c, J = self.embed_dim, NUM_JOINTS
 
-        x = self.coord_3d_embed(noisy_3d.reshape(B * H, 1, J, 3))  # (B*H, 1, J, c)
-        context = context[:, None].expand(B, H, NUM_CONTEXT_TOKENS, J, c).reshape(B * H, NUM_CONTEXT_TOKENS, J, c)
-        x = torch.cat([x, context], dim=1)  # (B*H, 6, J, c)
-        time = self.time_mlp(t).repeat_interleave(H, dim=0)  # (B*H, c)
-        x = x + time[:, None, None, :]
+        time = self.time_mlp(t)  # (B, c)
+        # The context tokens (plus time) are the same for a sample's hypotheses: add the time
+        # embedding once per sample, then broadcast; tokens are laid out joint-major so that
+        # the per-joint blocks need no permute.
+        context = (context + time[:, None, None, :]).transpose(1, 2)  # (B, J, 5, c)
+        context = context[:, None].expand(B, H, J, NUM_CONTEXT_TOKENS, c).reshape(B * H, J, NUM_CONTEXT_TOKENS, c)
+        x = self.coord_3d_embed(noisy_3d.reshape(B * H, J, 1, 3))  # (B*H, J, 1, c)
+        x = x + time.repeat_interleave(H, dim=0)[:, None, None, :]
+        x = torch.cat([x, context], dim=2).reshape(B * H * J, NUM_CONTEXT_TOKENS + 1, c)  # noisy-pose token first
 
-        x = x.permute(0, 2, 1, 3).reshape(B * H * J, NUM_CONTEXT_TOKENS + 1, c)  # (B*H*J, 6, c)
         for block in self.res_blocks:
             x = block(x)
         x = x.reshape(B * H, J, (NUM_CONTEXT_TOKENS + 1) * c)  # (B*H, J, 6c): a joint's tokens side by side
