@@ -29,6 +29,9 @@ from common.visualization import draw_sample
 
 log = logging.getLogger(__name__)
 
+# Seed of the backbone's initial weights, used as they are when no pretrained file is loaded.
+RANDOM_BACKBONE_SEED = 0
+
 WEIGHT_SOURCES = {
     "backbone": ("the PoseHRNet-W32 backbone weights (pose_hrnet_w32_256x192.pth, released with "
                  "HRNet and SnapPose)", "--backbone-weights"),
@@ -51,13 +54,22 @@ def resolve_device(device):
     return torch.device(device) if device is not None else distributed.init_distributed("auto")
 
 
+def _build_seeded(model_cfg, seed):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model_cfg)
+
+
 def build_networks(cfg, device):
     """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
 
-    A config with ``weights.pretrained_backbone: false`` keeps the random
-    backbone and logs a warning.
+    The denoiser's initial weights follow ``cfg.seed``, the same in every
+    process. A config with ``weights.pretrained_backbone: false`` keeps a random
+    backbone (and logs a warning); it is drawn from a fixed seed, whatever
+    ``cfg.seed`` and the process, so that training and evaluation see the same one.
     """
-    backbone, denoiser = build_model(cfg.model)
+    backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED)
+    _, denoiser = _build_seeded(cfg.model, cfg.seed)
     if cfg.weights.pretrained_backbone:
         load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"))
     else:

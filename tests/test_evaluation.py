@@ -96,3 +96,15 @@ def test_missing_backbone_weights_name_the_file_and_the_flag(tiny_config, weight
                       weights__backbone=str(tmp_path / "hrnet.pth"))
     with pytest.raises(FileNotFoundError, match=r"hrnet\.pth not found.*PoseHRNet-W32.*--backbone-weights"):
         evaluate(cfg, weights, device=CPU)
+
+
+def test_random_backbone_is_the_same_for_training_and_evaluation(tiny_config, tmp_path):
+    """Without pretrained weights the backbone is drawn from a fixed seed: every process, run and
+    -seed sees the same one, while the denoiser's initial weights follow -seed."""
+    torch.manual_seed(1)
+    backbone_a, denoiser_a = build_networks(tiny_config(tmp_path, seed=0), CPU)
+    torch.manual_seed(2)
+    backbone_b, denoiser_b = build_networks(tiny_config(tmp_path, seed=5), CPU)
+    for a, b in zip(backbone_a.state_dict().values(), backbone_b.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(denoiser_a.state_dict()["head.1.weight"], denoiser_b.state_dict()["head.1.weight"])
