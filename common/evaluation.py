@@ -206,7 +206,8 @@ def evaluate(cfg, weights, device=None):
         device: torch.device; None initialises (distributed) from the environment.
     Returns:
         The metrics summary dict (millimetres; PCK and AUC in percent), with
-        "checkpoint", "epoch" and the sampling settings added.
+        "checkpoint", "epoch", the sampling settings and "skipped_samples"
+        (bad samples passed over with ``data.skip_bad``) added.
     """
     device = resolve_device(device)
     paths = output_paths(cfg)
@@ -223,8 +224,10 @@ def evaluate(cfg, weights, device=None):
         cfg.train.num_train_timesteps, cfg.seed, keep_predictions=paths.predictions is not None,
         figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize)
     summary = accumulator.summary()
+    skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
-                   num_proposals=e.num_proposals, timesteps=e.timesteps, flip_test=e.flip_test)
+                   num_proposals=e.num_proposals, timesteps=e.timesteps, flip_test=e.flip_test,
+                   skipped_samples=skipped)
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
         paths.metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -212,6 +212,9 @@ def train(cfg, resume=None, device=None):
                 _set_lr(optimizer, lr)
                 line = (f"epoch {state.epoch:4d} | loss {epoch_loss:.6f} | next lr {lr:.4e} | "
                         f"{time.time() - start:.1f} s")
+                skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
+                if skipped:
+                    line += f" | {skipped} bad samples skipped"
 
                 last = state.epoch == cfg.train.epochs
                 every = cfg.train.validate_every

@@ -1,4 +1,7 @@
 """Training on tiny shards with a tiny model: checkpoints, logs, frozen parts, resume and interruptions."""
+import os
+import signal
+
 import pytest
 import torch
 from model_fixtures import single_thread  # noqa: F401
@@ -130,3 +133,11 @@ def test_missing_context_file_names_the_path_and_the_flag(tiny_config, tmp_path)
     cfg = tiny_config(tmp_path / "run", weights__pretrained_context=True, weights__context=str(tmp_path / "no.bin"))
     with pytest.raises(FileNotFoundError, match=r"no\.bin not found.*Context-Aware PoseFormer.*--context-weights"):
         training.train(cfg, device=CPU)
+
+
+def test_sigterm_becomes_keyboard_interrupt_and_is_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with training.sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
