@@ -153,9 +153,11 @@ def train(cfg, resume=None, device=None):
     loader = build_loader(cfg.data.root, cfg.dataset, train=True, batch_size=cfg.data.batch_size,
                           num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
                           max_samples=cfg.data.max_train_samples, skip_bad=cfg.data.skip_bad, seed=cfg.seed)
-    val_loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
-                              num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
-                              skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+    val_loader = None
+    if cfg.train.validate_every:
+        val_loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
+                                  num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
+                                  skip_bad=cfg.data.skip_bad, seed=cfg.seed)
 
     writer = None
     if main:
