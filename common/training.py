@@ -283,7 +283,11 @@ def _restore(path, denoiser, optimizer, generator, state, rank, world, cfg):
     """
     checkpoint = load_snappose_weights(denoiser, path)
     if checkpoint.get("optimizer") is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as error:
+            log.warning("the optimizer state in %s does not fit this model's trainable parameters (%s); "
+                        "AdamW starts afresh, the weights, epoch and learning rate are restored", path, error)
     lr = checkpoint.get("lr")
     if lr is not None:
         _set_lr(optimizer, lr)

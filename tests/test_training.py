@@ -141,3 +141,15 @@ def test_sigterm_becomes_keyboard_interrupt_and_is_restored():
         with training.sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_resume_from_a_file_with_a_foreign_optimizer_state_warns_and_continues(tiny_config, tmp_path, caplog):
+    cfg = tiny_config(tmp_path / "run", train__epochs=1, train__validate_every=0)
+    training.train(cfg, device=CPU)
+    checkpoint = read_checkpoint(output_paths(cfg).latest)
+    checkpoint["optimizer"] = {"state": {}, "param_groups": []}  # e.g. a file saved by other code
+    torch.save(checkpoint, tmp_path / "foreign.bin")
+    resumed = tiny_config(tmp_path / "run", train__epochs=2, train__validate_every=0)
+    training.train(resumed, resume=tmp_path / "foreign.bin", device=CPU)
+    assert "AdamW starts afresh" in caplog.text
+    assert read_checkpoint(output_paths(resumed).latest)["epoch"] == 2
