@@ -139,6 +139,10 @@ class PoseHRNet(nn.Module):
         width: channels of the highest-resolution branch (32 for W32, 48 for
             W48); the branches have (w, 2w, 4w, 8w) channels. Smaller widths
             build a shrunk network for quick experiments.
+        stem_width: channels of the stem convolutions and of layer1's
+            Bottlenecks (which output 4x as many); 64 in every released file.
+            On a CPU the stem and layer1 cost most of a narrow network's time,
+            so quick experiments may shrink them too.
 
     forward(images (B, 3, 256, 192), ImageNet-normalized RGB) returns a list of
     four maps: the stage-4 output (B, w, 64, 48) and, for branches 1-3, the
@@ -152,23 +156,26 @@ class PoseHRNet(nn.Module):
     when a caller switches everything to ``train()``).
     """
 
-    def __init__(self, width=32):
+    def __init__(self, width=32, stem_width=64):
         super().__init__()
         if width < 1:
             raise ValueError(f"PoseHRNet width must be a positive integer (32 or 48 for released files), got {width}")
+        if stem_width < 1:
+            raise ValueError(f"PoseHRNet stem_width must be a positive integer (64 for released files), got {stem_width}")
         self.width = width
+        self.stem_width = s = stem_width
         channels = [width * 2 ** i for i in range(4)]
         self.feature_channels = tuple(channels)
         self._frozen = False
 
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
-        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
+        self.conv1 = nn.Conv2d(3, s, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(s, momentum=BN_MOMENTUM)
+        self.conv2 = nn.Conv2d(s, s, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(s, momentum=BN_MOMENTUM)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(Bottleneck(64, 64), *[Bottleneck(256, 64) for _ in range(3)])
+        self.layer1 = nn.Sequential(Bottleneck(s, s), *[Bottleneck(4 * s, s) for _ in range(3)])
 
-        self.transition1 = self._transition([256], channels[:2])
+        self.transition1 = self._transition([4 * s], channels[:2])
         self.stage2 = nn.ModuleList([HighResolutionModule(channels[:2])])
         self.transition2 = self._transition(channels[:2], channels[:3])
         self.stage3 = nn.ModuleList([HighResolutionModule(channels[:3]) for _ in range(4)])

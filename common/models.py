@@ -18,6 +18,8 @@ class ModelConfig:
     backbone_width: HRNet width w (32 released; 48 for W48); the denoiser's
         feature channels follow as (w, 2w, 4w, 8w). Smaller widths shrink the
         model for quick CPU runs (then no released file fits).
+    backbone_stem_width: channels of HRNet's stem and layer1 (64 released);
+        shrinking it is what makes a narrow backbone fast on a CPU.
     mask_pose, mask_context, shuffle_context: ablation switches (SPEC §4).
     drop_path_rate: largest stochastic-depth rate, training only.
     res_depth, joint_depth: number of per-joint and across-joint transformer blocks.
@@ -25,6 +27,7 @@ class ModelConfig:
     """
 
     backbone_width: int = 32
+    backbone_stem_width: int = 64
     mask_pose: bool = False
     mask_context: bool = False
     shuffle_context: bool = False
@@ -42,7 +45,7 @@ def build_model(cfg=None):
     """
     cfg = ModelConfig() if cfg is None else cfg
     w = cfg.backbone_width
-    backbone = PoseHRNet(width=w).freeze()
+    backbone = PoseHRNet(width=w, stem_width=cfg.backbone_stem_width).freeze()
     denoiser = SnapPoseDenoiser(
         feature_channels=(w, 2 * w, 4 * w, 8 * w),
         mask_pose=cfg.mask_pose,

@@ -45,3 +45,16 @@ def test_bad_input_is_explained():
         PoseHRNet(8)(torch.zeros(1, 1, 64, 64))
     with pytest.raises(ValueError, match="positive"):
         PoseHRNet(0)
+
+
+def test_stem_width_shrinks_stem_and_layer1_only():
+    narrow = PoseHRNet(width=8, stem_width=16)
+    state = narrow.state_dict()
+    assert state["conv1.weight"].shape == (16, 3, 3, 3)
+    assert state["layer1.0.conv3.weight"].shape == (64, 16, 1, 1)
+    assert state["transition1.0.0.weight"].shape == (8, 64, 3, 3)
+    with torch.no_grad():
+        maps = narrow.eval()(torch.randn(1, 3, 256, 192))
+    assert [tuple(m.shape[1:]) for m in maps] == [(8, 64, 48), (16, 32, 24), (32, 16, 12), (64, 8, 6)]
+    with pytest.raises(ValueError, match="stem_width"):
+        PoseHRNet(width=8, stem_width=0)
