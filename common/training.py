@@ -100,6 +100,53 @@ class _State:
         self.loss_sum = 0.0
 
 
+class FeatureCache:
+    """A training set held in memory: per sample, the backbone features of the view it was trained on.
+
+    Filled during the first epoch from the batches the loader gives (and the
+    features the backbone computed for them anyway); later epochs draw shuffled
+    batches from it without decoding an image or running the backbone. Each
+    sample keeps the (possibly flipped) view of its first epoch. Features stay
+    on the device they were computed on.
+    """
+
+    def __init__(self):
+        self._parts = []  # one dict of tensors per cached batch
+        self.complete = False
+        self._data = None
+
+    def add(self, features, keypoints, ref, pose):
+        """Store one batch: features (4 maps (B, C_l, h_l, w_l)), keypoints (B, 1, J, 2), ref (B, J, 2), pose (B, 1, J, 3)."""
+        self._parts.append({"features": [f.detach() for f in features], "keypoints": keypoints,
+                            "ref": ref, "pose": pose})
+
+    def finish(self):
+        """Concatenate what was stored; called at the end of the filling epoch."""
+        if not self._parts:
+            raise RuntimeError("the feature cache is empty: the first epoch produced no batches")
+        parts = self._parts
+        self._data = {
+            "features": [torch.cat([p["features"][level] for p in parts]) for level in range(len(parts[0]["features"]))],
+            **{key: torch.cat([p[key] for p in parts]) for key in ("keypoints", "ref", "pose")},
+        }
+        self._parts = []
+        self.complete = True
+
+    def __len__(self):
+        return 0 if self._data is None else len(self._data["pose"])
+
+    def num_batches(self, batch_size):
+        return -(-len(self) // batch_size)
+
+    def batches(self, batch_size, generator):
+        """Yield dicts (features, keypoints, ref, pose) of ``batch_size`` samples in a random order."""
+        order = torch.randperm(len(self), generator=generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size].to(self._data["pose"].device)
+            yield {"features": [f[index] for f in self._data["features"]],
+                   **{key: self._data[key][index] for key in ("keypoints", "ref", "pose")}}
+
+
 def _set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -159,6 +206,7 @@ def train(cfg, resume=None, device=None):
                                   num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
                                   skip_bad=cfg.data.skip_bad, seed=cfg.seed)
 
+    cache = FeatureCache() if cfg.train.cache_features else None
     writer = None
     if main:
         paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -184,8 +232,15 @@ def train(cfg, resume=None, device=None):
                 epoch = state.epoch
                 backbone.eval()
                 model.train()
-                loader.set_epoch(epoch)
-                batches = iter(loader)
+                cached = cache is not None and cache.complete
+                if cached:
+                    order = torch.Generator().manual_seed((cfg.seed * 1000 + rank) * 100003 + epoch)
+                    batches = cache.batches(cfg.data.batch_size, order)
+                    total = cache.num_batches(cfg.data.batch_size)
+                else:
+                    loader.set_epoch(epoch)
+                    batches = iter(loader)
+                    total = None
                 skip = state.step_in_epoch
                 for _ in range(skip):  # the batches an interrupted run already trained on
                     next(batches)
@@ -194,17 +249,28 @@ def train(cfg, resume=None, device=None):
                     pending_rng = None
                 start = time.time()
                 progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
-                                disable=not main, dynamic_ncols=True, initial=skip)
+                                disable=not main, dynamic_ncols=True, initial=skip, total=total)
                 join = model.join() if isinstance(model, DistributedDataParallel) else nullcontext()
                 with join:
                     for batch in progress:
-                        loss = _train_step(model, backbone, batch, scheduler, optimizer, generator, device)
+                        inputs = batch if cached else _prepare(batch, backbone, device)
+                        if cache is not None and not cached:
+                            cache.add(**inputs)
+                        step_lr = lr * min(1.0, (state.global_step + 1) / cfg.train.warmup_steps) \
+                            if cfg.train.warmup_steps else lr
+                        _set_lr(optimizer, step_lr)
+                        loss = _train_step(model, inputs, scheduler, optimizer, generator, cfg.train.grad_clip)
                         state.loss_sum += loss
                         state.step_in_epoch += 1
                         state.global_step += 1
                         progress.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
                         if writer is not None:
                             writer.add_scalar("train/loss", loss, state.global_step)
+                if cache is not None and not cached:
+                    cache.finish()
+                    if main:
+                        log.info("feature cache: %d samples in memory; later epochs skip decoding and the backbone",
+                                 len(cache))
                 steps = max(state.step_in_epoch, 1)
                 epoch_loss = distributed.all_reduce_mean(state.loss_sum / steps)
                 state.epoch += 1
@@ -259,17 +325,25 @@ def train(cfg, resume=None, device=None):
     return paths.best if paths.best.is_file() else paths.latest
 
 
-def _train_step(model, backbone, batch, scheduler, optimizer, generator, device):
-    """One optimisation step on a training batch; returns the loss as a float."""
+def _prepare(batch, backbone, device):
+    """A loader batch -> the denoiser's training inputs, with the frozen backbone's features."""
     images = batch["image"].to(device, non_blocking=True)
     with torch.no_grad():
         features = backbone(images)
-    keypoints = batch["keypoints_2d"].to(device)[:, None]  # (B, 1, 17, 2)
-    ref = batch["ref"].to(device)
-    pose = batch["keypoints_3d"].to(device)
-    loss = diffusion_loss(model, pose, keypoints, ref, features, scheduler, generator=generator)
+    return {"features": features,
+            "keypoints": batch["keypoints_2d"].to(device)[:, None],  # (B, 1, 17, 2)
+            "ref": batch["ref"].to(device),
+            "pose": batch["keypoints_3d"].to(device)}
+
+
+def _train_step(model, inputs, scheduler, optimizer, generator, grad_clip=None):
+    """One optimisation step on prepared inputs (see ``_prepare``); returns the loss as a float."""
+    loss = diffusion_loss(model, inputs["pose"], inputs["keypoints"], inputs["ref"], inputs["features"],
+                          scheduler, generator=generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss.item()
 

@@ -153,3 +153,63 @@ def test_resume_from_a_file_with_a_foreign_optimizer_state_warns_and_continues(t
     training.train(resumed, resume=tmp_path / "foreign.bin", device=CPU)
     assert "AdamW starts afresh" in caplog.text
     assert read_checkpoint(output_paths(resumed).latest)["epoch"] == 2
+
+
+def test_feature_cache_trains_later_epochs_from_memory(tiny_config, tmp_path, monkeypatch):
+    """With train.cache_features, only the first epoch reads shards and runs the backbone."""
+    cfg = tiny_config(tmp_path, train__epochs=3, train__validate_every=0, train__cache_features=True)
+    calls = {"backbone_images": 0, "steps": 0}
+    original_prepare, original_step = training._prepare, training._train_step
+
+    def counting_prepare(batch, backbone, device):
+        calls["backbone_images"] += len(batch["key"])
+        return original_prepare(batch, backbone, device)
+
+    def counting_step(*args, **kwargs):
+        calls["steps"] += 1
+        return original_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_prepare", counting_prepare)
+    monkeypatch.setattr(training, "_train_step", counting_step)
+    latest = training.train(cfg, device=CPU)
+    # tiny_shards: 4 h36m training samples in batches of 2 -> 2 steps per epoch.
+    assert calls["backbone_images"] == 4, "the backbone runs on each training image once"
+    assert calls["steps"] == 3 * 2, "cached epochs visit every sample once"
+    checkpoint = read_checkpoint(latest)
+    assert checkpoint["epoch"] == 3 and checkpoint["global_step"] == 6
+    assert all(torch.isfinite(t).all() for t in checkpoint["model_pos"].values())
+
+
+def test_feature_cache_batches_cover_every_sample_once():
+    cache = training.FeatureCache()
+    for start in (0, 3):
+        n = 3
+        ids = torch.arange(start, start + n, dtype=torch.float32)
+        cache.add(features=[ids.view(n, 1, 1, 1).expand(n, 2, 4, 4)], keypoints=ids.view(n, 1, 1, 1),
+                  ref=ids.view(n, 1, 1), pose=ids.view(n, 1, 1, 1))
+    cache.finish()
+    assert len(cache) == 6 and cache.num_batches(4) == 2
+    seen = []
+    for batch in cache.batches(4, torch.Generator().manual_seed(0)):
+        # Every field of a cached batch belongs to the same samples.
+        torch.testing.assert_close(batch["features"][0][:, 0, 0, 0], batch["pose"].flatten())
+        torch.testing.assert_close(batch["ref"].flatten(), batch["keypoints"].flatten())
+        seen += batch["pose"].flatten().tolist()
+    assert sorted(seen) == list(range(6))
+
+
+def test_warmup_and_clipping(tiny_config, tmp_path, monkeypatch):
+    """The learning rate ramps up linearly over train.warmup_steps; clipping bounds the gradient norm."""
+    cfg = tiny_config(tmp_path, train__epochs=1, train__validate_every=0, train__warmup_steps=4,
+                      train__grad_clip=1e-3, train__lr=1e-3)
+    seen = []
+    original_step = training._train_step
+
+    def recording_step(model, inputs, scheduler, optimizer, generator, grad_clip=None):
+        seen.append((optimizer.param_groups[0]["lr"], grad_clip))
+        return original_step(model, inputs, scheduler, optimizer, generator, grad_clip)
+
+    monkeypatch.setattr(training, "_train_step", recording_step)
+    training.train(cfg, device=CPU)
+    assert [lr for lr, _ in seen] == pytest.approx([1e-3 * 1 / 4, 1e-3 * 2 / 4])
+    assert all(clip == 1e-3 for _, clip in seen)
