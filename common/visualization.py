@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from common.skeleton import LEFT_JOINTS, PARENTS
 
@@ -62,7 +63,7 @@ def draw_sample(path, image, keypoints_crop, hypotheses, ground_truth, title=Non
     assert ground_truth.shape == (17, 3), f"expected ground truth (17, 3), got {ground_truth.shape}"
     mean = hypotheses.mean(axis=0)
 
-    figure = Figure(figsize=(12, 4.5), dpi=100)
+    figure = Figure(figsize=(13, 5), dpi=100)
     FigureCanvasAgg(figure)
     ax = figure.add_subplot(1, 3, 1)
     ax.imshow(image_to_rgb(image))
@@ -73,7 +74,8 @@ def draw_sample(path, image, keypoints_crop, hypotheses, ground_truth, title=Non
     ax.set_title("crop and 2D joints")
     ax.axis("off")
 
-    radius = max(float(np.abs(np.concatenate([hypotheses.reshape(-1, 3), ground_truth])).max()), 0.1)
+    # Framed on the truth and the mean, so that a stray hypothesis does not shrink the person.
+    radius = max(1.15 * float(np.abs(np.concatenate([mean, ground_truth])).max()), 0.1)
     for index, (elevation, azimuth) in enumerate(VIEWPOINTS):
         ax = figure.add_subplot(1, 3, index + 2, projection="3d")
         for k, pose in enumerate(hypotheses):
@@ -84,12 +86,16 @@ def draw_sample(path, image, keypoints_crop, hypotheses, ground_truth, title=Non
         ax.set_xlim(-radius, radius)
         ax.set_ylim(-radius, radius)
         ax.set_zlim(-radius, radius)
+        ax.set_box_aspect((1, 1, 1), zoom=1.15)
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_major_locator(MaxNLocator(3))
         ax.set_xlabel("x (m)")
         ax.set_ylabel("z (m)")
         ax.set_zlabel("-y (m)")
         ax.set_title(f"3D, azimuth {azimuth:.0f}°")
         if index == 0:
             ax.legend(loc="upper left", fontsize=7)
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.06, top=0.86, wspace=0.02)
     if title:
         figure.suptitle(title)
     path = Path(path)
