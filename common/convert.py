@@ -46,13 +46,13 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from common.data import PARTIAL_SUFFIX, shard_writer
 from common.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
 
 SPLITS = ("train", "validation")
 SPLIT_SUBJECTS = {"train": H36M_TRAIN_SUBJECTS, "validation": H36M_TEST_SUBJECTS}
 REPORT_NAME = "conversion_report.json"
 SHARD_PATTERN = "data-{:06d}.tar"
-PARTIAL_SUFFIX = ".partial"
 DEFAULT_SHARD_SIZE = 10_000
 PICKLE_PROTOCOL = 4  # the released pyd entries' protocol
 
@@ -237,19 +237,9 @@ def plan_shards(labels, images, split, subjects, shuffle, seed, shard_size, shar
 def _write_shard(task):
     """Write one shard; run in a worker process. Returns its statistics."""
     path = os.path.join(task["out"], SHARD_PATTERN.format(task["shard"]))
-    partial = path + PARTIAL_SUFFIX
     counts, skipped = Counter(), []
-    try:
-        with open(partial, "wb") as stream:
-            with wds.TarWriter(stream, user="", group="", mode=0o644, encoder=False, mtime=0) as writer:
-                _write_samples(task, writer, counts, skipped)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+    with shard_writer(path) as writer:
+        _write_samples(task, writer, counts, skipped)
     return {"shard": task["shard"], "written": sum(counts.values()), "bytes": os.path.getsize(path),
             "counts": dict(counts), "skipped": skipped}
 

@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 from collections import namedtuple
+from contextlib import contextmanager
 from glob import escape, glob
 
 import numpy as np
@@ -256,6 +257,33 @@ def collate_samples(samples):
     for name in ("key", "subject", "action"):
         batch[name] = [s[name] for s in samples]
     return batch
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextmanager
+def shard_writer(path):
+    """Write one shard atomically: yields a ``webdataset.TarWriter`` (raw bytes, no encoding).
+
+    The tar is written to ``path + ".partial"``, flushed to disk and renamed to
+    ``path`` when the block ends; on an error the partial file is removed, so a
+    crash never leaves a truncated shard under the final name. Members carry no
+    time stamp or owner, so the same samples always give the same bytes.
+    """
+    path = os.fspath(path)
+    partial = path + PARTIAL_SUFFIX
+    try:
+        with open(partial, "wb") as stream:
+            with wds.TarWriter(stream, user="", group="", mode=0o644, encoder=False, mtime=0) as writer:
+                yield writer
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
 
 
 def _is_remote(url):

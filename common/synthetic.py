@@ -31,7 +31,6 @@ import json
 import multiprocessing
 import os
 import pickle
-import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from common.body_model import ACTION_FAMILIES, H36M_ACTION_FAMILY, sample_body_shape, sample_pose
+from common.data import shard_writer
 from common.geometry import (
     CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine,
     normalize_screen_coordinates,
@@ -389,19 +389,6 @@ def _encoded(task, dataset, seed, noise, jpeg_quality):
     return encode_sample(make_sample(dataset, split, index, seed, noise), dataset, jpeg_quality)
 
 
-def _write_shard(path, members):
-    """Write a tar of samples atomically (temp file, then rename)."""
-    temporary = path.with_suffix(".tar.partial")
-    with tarfile.open(temporary, "w") as tar:
-        for sample in members:
-            for extension in sorted(k for k in sample if k != "__key__"):
-                data = sample[extension]
-                info = tarfile.TarInfo(f"{sample['__key__']}.{extension}")
-                info.size, info.mode, info.mtime = len(data), 0o444, 0
-                tar.addfile(info, io.BytesIO(data))
-    os.replace(temporary, path)
-
-
 def _settings(dataset, num_train, num_test, seed, noise, samples_per_shard, jpeg_quality):
     return {"version": MANIFEST_VERSION, "dataset": dataset, "num_train": num_train, "num_test": num_test,
             "seed": seed, "noise": asdict(noise), "samples_per_shard": samples_per_shard,
@@ -470,11 +457,10 @@ def generate_dataset(out_dir, dataset="h36m", num_train=4000, num_test=800, seed
         with tqdm(total=len(tasks), desc=f"synthetic {dataset}", unit="sample", disable=not progress) as bar:
             for split, count in splits.items():
                 for number, path in enumerate(shards[split]):
-                    members = []
-                    for _ in range(min(samples_per_shard, count - number * samples_per_shard)):
-                        members.append(next(results))
-                        bar.update()
-                    _write_shard(path, members)
+                    with shard_writer(path) as writer:
+                        for _ in range(min(samples_per_shard, count - number * samples_per_shard)):
+                            writer.write(next(results))
+                            bar.update()
     finally:
         if pool:
             pool.terminate()
