@@ -165,6 +165,28 @@ def _read_fields(sample, shard, key, fields):
     return arrays
 
 
+def _root_relative_metres(joints_3d, millimetres):
+    """(17, 3) camera coordinates -> (1, 17, 3) root-relative metres (root exactly 0)."""
+    pose = torch.from_numpy(joints_3d)
+    pose = pose - pose[:1]
+    if millimetres:
+        pose = pose / 1000
+    return pose[None]  # (1, 17, 3)
+
+
+def read_pose_3d(sample, dataset):
+    """The 3D target of a raw sample from its labels alone, without decoding the image.
+
+    Returns (1, 17, 3) metres, root-relative, unflipped: what ``decode_sample``
+    returns as ``keypoints_3d`` in test mode. Raises ShardDataError like it.
+    """
+    check_dataset(dataset)
+    shard = sample.get("__url__", "<unknown shard>")
+    key = sample.get("__key__", "<no key>")
+    arrays = _read_fields(sample, shard, key, {"joints_3d": (NUM_JOINTS, 3)})
+    return _root_relative_metres(arrays["joints_3d"], millimetres=dataset == "mpi")
+
+
 def decode_sample(sample, dataset, train, rng=None):
     """Turn one raw WebDataset sample into model inputs and targets.
 
@@ -216,11 +238,7 @@ def _decode(sample, dataset, train, rng, shard, key):
         joints_3d, joints_2d, joints_crop = (arrays[n] for n in ("joints_3d", "joints_2d", "joints_2d_crop"))
         millimetres = True
 
-    pose = torch.from_numpy(joints_3d)
-    pose = pose - pose[:1]
-    if millimetres:
-        pose = pose / 1000
-    pose = pose[None]  # (1, 17, 3)
+    pose = _root_relative_metres(joints_3d, millimetres)
     keypoints = torch.from_numpy(joints_2d)
     keypoints_crop = torch.from_numpy(joints_crop)
 

@@ -15,7 +15,6 @@ released data; only the configuration is smaller.
 """
 import argparse
 import logging
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import webdataset as wds
 
 from common.config import load_config, output_paths
-from common.data import find_shards
+from common.data import find_shards, read_pose_3d
 from common.evaluation import evaluate
 from common.metrics import mpjpe, n_mpjpe, p_mpjpe
 from common.synthetic import generate_dataset
@@ -38,12 +37,9 @@ DEFAULT_CONFIG = "config/synthetic_demo.yaml"
 
 def mean_training_pose(data_root, dataset="h36m"):
     """Mean root-relative 3D pose (17, 3), metres, over the training shards (reads only the labels)."""
-    total, count = np.zeros((17, 3)), 0
+    total, count = torch.zeros(17, 3, dtype=torch.float64), 0
     for sample in wds.WebDataset(find_shards(data_root, "train"), shardshuffle=False, empty_check=False):
-        joints = pickle.loads(sample["pyd"])["joints_3d"].astype(np.float64)
-        if dataset == "mpi":
-            joints = joints / 1000.0
-        total += joints - joints[:1]
+        total += read_pose_3d(sample, dataset)[0].double()
         count += 1
     if not count:
         raise RuntimeError(f"no training samples found under {data_root}")
@@ -112,7 +108,7 @@ def main(argv=None):
     predictions = np.load(paths.predictions)
     target = torch.from_numpy(predictions["ground_truth"]).double()
     predicted = torch.from_numpy(predictions["hypotheses"]).double().mean(dim=1)
-    baseline = torch.from_numpy(mean_training_pose(args.data))
+    baseline = mean_training_pose(args.data)
     rows = comparison_table(predicted, baseline, target)
     ratio = rows[1][1] / rows[0][1]
 

@@ -11,7 +11,7 @@ from data_helpers import (
 )
 
 from common.data import (
-    IMAGE_MEAN, IMAGE_STD, ShardDataError, build_loader, decode_sample, find_shards, parse_key,
+    IMAGE_MEAN, IMAGE_STD, ShardDataError, build_loader, decode_sample, find_shards, parse_key, read_pose_3d,
     reference_points,
 )
 from common.geometry import CROP_WIDTH, apply_affine, crop_matrix, image_coordinates
@@ -359,3 +359,16 @@ def test_raw_pipeline_samples_carry_the_shard(tmp_path):
     path = write_split(tmp_path, "mpi", [1])[0]
     sample = next(iter(wds.DataPipeline(wds.SimpleShardList([path]), wds.tarfile_to_samples())))
     assert sample["__url__"] == path
+
+
+# --------------------------------------------------------------------------- read_pose_3d
+
+@pytest.mark.parametrize("dataset", ["h36m", "mpi"])
+def test_read_pose_3d_is_the_test_target_without_the_image(dataset, h36m_sample, mpi_sample):
+    sample = raw(h36m_sample if dataset == "h36m" else mpi_sample)
+    expected = decode_sample(sample, dataset, train=False)["keypoints_3d"]
+    without_image = {k: v for k, v in sample.items() if k not in ("jpg", "png")}
+    torch.testing.assert_close(read_pose_3d(without_image, dataset), expected, rtol=0, atol=0)
+    broken = dict(without_image, pyd=pickle.dumps({"center": np.zeros(2)}))
+    with pytest.raises(ShardDataError, match="joints_3d"):
+        read_pose_3d(broken, dataset)
