@@ -223,13 +223,13 @@ def _pck_fractions(errors, thresholds, joints):
         f"expected per-joint errors (..., {NUM_JOINTS}), got {tuple(errors.shape)}")
     selected = errors[..., list(joints)]  # (..., len(joints))
     limits = torch.as_tensor(thresholds, dtype=errors.dtype, device=errors.device)
-    # A joint counts as correct when its error is at most the threshold, so an
-    # exact prediction scores 100 % at every threshold, 0 mm included.
-    return (selected[..., None] <= limits).to(errors.dtype).mean(dim=-2)  # (..., T)
+    # Strictly below, as the original's compute_metrics.py (torch.lt) and MMPose:
+    # at 0 mm nothing counts, not even the root joint whose error is exactly 0.
+    return (selected[..., None] < limits).to(errors.dtype).mean(dim=-2)  # (..., T)
 
 
 def pck_per_sample(errors, threshold=PCK_THRESHOLD, joints=MPI_EVAL_JOINTS):
-    """Fraction (0-1) of the chosen joints within ``threshold`` metres: (..., 17) -> (...).
+    """Fraction (0-1) of the chosen joints with an error below ``threshold`` metres: (..., 17) -> (...).
 
     Args:
         errors: per-joint errors in metres, e.g. from :func:`joint_errors`.

@@ -38,10 +38,11 @@ def test_known_mpjpe_and_pck():
     predicted[..., 0] = 0.03
     predicted[..., 1] = 0.04  # every joint 50 mm off
     assert metrics.mpjpe(predicted, target).item() == pytest.approx(0.05, abs=1e-7)
-    predicted[:, MPI_EVAL_JOINTS[:7]] *= 4  # 7 of the 14 official joints now 200 mm off
+    predicted *= 1.04  # 52 mm: clear of the 5 mm grid of AUC thresholds
+    predicted[:, MPI_EVAL_JOINTS[:7]] *= 4  # 7 of the 14 official joints now 208 mm off
     assert metrics.pck(predicted, target).item() == pytest.approx(50.0, abs=1e-4)
-    # 200 mm is beyond every AUC threshold; 50 mm is within 21 of the 31 (50, 55, ..., 150).
-    assert metrics.auc(predicted, target).item() == pytest.approx(100 * 0.5 * 21 / 31, abs=1e-4)
+    # 208 mm is beyond every AUC threshold; 52 mm is below 20 of the 31 (55, 60, ..., 150).
+    assert metrics.auc(predicted, target).item() == pytest.approx(100 * 0.5 * 20 / 31, abs=1e-4)
     assert metrics.pck(predicted, target, joints=metrics.ALL_JOINTS).item() == pytest.approx(
         100 * 10 / 17, abs=1e-4)
 
@@ -53,14 +54,48 @@ def test_exact_predictions_are_perfect():
         for aggregation in metrics.AGGREGATIONS:
             assert metrics.hypothesis_error(hypotheses, target, protocol, aggregation).item() < 1e-6
     assert metrics.pck(target, target).item() == 100.0
-    assert metrics.auc(target, target).item() == 100.0
+    # At the 0 mm threshold nothing counts (error < 0 never holds): 30 of 31 thresholds.
+    assert metrics.auc(target, target).item() == pytest.approx(100 * 30 / 31)
     accumulator = metrics.MetricAccumulator("mpi")
     accumulator.update(hypotheses, target)
     summary = accumulator.summary()
     for aggregation in metrics.AGGREGATIONS:
         assert summary[f"mpjpe_{aggregation}_hypothesis"] < 1e-3
-        for key in ("pck14", "auc14", "pck17", "auc17"):
+        for key in ("pck14", "pck17"):
             assert summary[f"{key}_{aggregation}_hypothesis"] == pytest.approx(100.0)
+        for key in ("auc14", "auc17"):
+            assert summary[f"{key}_{aggregation}_hypothesis"] == pytest.approx(100 * 30 / 31)
+
+
+def _errors(millimetres, dtype=torch.float64):
+    """Per-joint errors (1, 17) in metres, each the same float as the threshold of that many mm."""
+    return torch.tensor([[m / 1000 for m in millimetres]], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pck_and_auc_count_errors_strictly_below_the_threshold(dtype):
+    # The original's compute_metrics.py (torch.lt), MMPose and SPEC section 7: correct means error < t.
+    on_pck = _errors([150] * 17, dtype)
+    assert metrics.pck_per_sample(on_pck).item() == 0.0
+    assert metrics.pck_per_sample(on_pck, joints=metrics.ALL_JOINTS).item() == 0.0
+    # 150 mm is not below any threshold of 0:5:150.
+    assert metrics.auc_per_sample(on_pck).item() == 0.0
+
+    exact = _errors([0] * 17, dtype)
+    assert metrics.pck_per_sample(exact).item() == 1.0
+    assert metrics.auc_per_sample(exact).item() == pytest.approx(30 / 31)  # 0 < 0 is false
+
+    on_grid = _errors([50] * 17, dtype)  # below 55, 60, ..., 150: 20 thresholds
+    assert metrics.auc_per_sample(on_grid).item() == pytest.approx(20 / 31)
+
+    # The root joint's error is exactly 0 in every prediction; the others are far off.
+    root_only = _errors([0] + [400] * 16, dtype)
+    assert metrics.pck_per_sample(root_only).item() == 0.0  # the root is not an official joint
+    assert metrics.pck_per_sample(root_only, joints=metrics.ALL_JOINTS).item() == pytest.approx(1 / 17)
+    assert metrics.auc_per_sample(root_only, joints=metrics.ALL_JOINTS).item() == pytest.approx(30 / 31 / 17)
+
+    just_below = _errors([149.999] * 17, dtype)
+    assert metrics.pck_per_sample(just_below).item() == 1.0
 
 
 def test_p_mpjpe_ignores_rotation_scale_translation():
