@@ -79,7 +79,8 @@ def build_parser(dataset):
 
     new = parser.add_argument_group("further options")
     new.add_argument("--backbone-weights", metavar="FILE",
-                     help="PoseHRNet-W32 weights (default: checkpoint/pose_hrnet_w32_256x192.pth)")
+                     help="PoseHRNet-W32 weights (default: checkpoint/pose_hrnet_w32_256x192.pth, else "
+                          "checkpoint/posehrnet/pose_hrnet_w32_256x192.pth as in the original)")
     new.add_argument("--context-weights", metavar="FILE",
                      help="Context-Aware PoseFormer weights (default: checkpoint/"
                           + ("human36m_nips_retrain.bin" if dataset == "h36m" else "mpi-inf_nips_retrain.bin") + ")")

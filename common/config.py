@@ -10,8 +10,8 @@ Example (the defaults of the original Human3.6M run)::
 
     dataset: h36m
     data: {root: webdataset/Human36m, batch_size: 128, num_workers: 4}
-    weights: {backbone: checkpoint/pose_hrnet_w32_256x192.pth,
-              context: checkpoint/human36m_nips_retrain.bin}
+    weights: {backbone: null,    # null: search DEFAULT_BACKBONE_WEIGHTS
+              context: null}     # null: the dataset's DEFAULT_CONTEXT_WEIGHTS
     train: {epochs: 50, lr: 6.0e-5, lr_decay: 0.993, weight_decay: 0.1}
     evaluation: {num_proposals: 20, timesteps: 20, flip_test: true}
 """
@@ -26,11 +26,17 @@ from common.models import ModelConfig
 
 DATASETS = ("h36m", "mpi")
 
-DEFAULT_BACKBONE_WEIGHTS = "checkpoint/pose_hrnet_w32_256x192.pth"
+# Searched in this order when weights.backbone is null: this project's place, then
+# the one of the original README and code (checkpoint/posehrnet/).
+DEFAULT_BACKBONE_WEIGHTS = ("checkpoint/pose_hrnet_w32_256x192.pth",
+                            "checkpoint/posehrnet/pose_hrnet_w32_256x192.pth")
 DEFAULT_CONTEXT_WEIGHTS = {
     "h36m": "checkpoint/human36m_nips_retrain.bin",
     "mpi": "checkpoint/mpi-inf_nips_retrain.bin",
 }
+# Used where a config leaves data.root / checkpoint null, so that one file serves both entry scripts.
+DEFAULT_DATA_ROOTS = {"h36m": "webdataset/Human36m", "mpi": "webdataset/mpi_inf_3dhp"}
+DEFAULT_CHECKPOINT_DIRS = {"h36m": "checkpoint/human36m", "mpi": "checkpoint/mpi-inf-3dhpe"}
 
 
 class ConfigError(ValueError):
@@ -43,7 +49,7 @@ class DataConfig:
 
     root: dataset root holding ``train/`` and ``validation/`` (Human3.6M) or
         ``train/`` and ``test/`` (MPI-INF-3DHP); anything ``common.data.find_shards``
-        accepts.
+        accepts. None: the dataset's ``DEFAULT_DATA_ROOTS`` entry.
     batch_size: training batch size per process (the original: 128).
     eval_batch_size: evaluation batch size per process (each sample is two views).
     num_workers: DataLoader worker processes per training/evaluation process.
@@ -53,7 +59,7 @@ class DataConfig:
     skip_bad: skip malformed samples (counted and reported) instead of stopping.
     """
 
-    root: str = "webdataset/Human36m"
+    root: typing.Optional[str] = None
     batch_size: int = 128
     eval_batch_size: int = 64
     num_workers: int = 4
@@ -68,6 +74,7 @@ class WeightsConfig:
     """Pretrained weight files (the released layouts).
 
     backbone: PoseHRNet-W32 state dict; used when ``pretrained_backbone``.
+        None: the first of ``DEFAULT_BACKBONE_WEIGHTS`` that exists.
     context: Context-Aware PoseFormer file whose context blocks the denoiser
         takes (and freezes); used when ``pretrained_context``. None: the
         dataset's default under ``checkpoint/``.
@@ -75,7 +82,7 @@ class WeightsConfig:
         (synthetic data, tests); a warning says so.
     """
 
-    backbone: str = DEFAULT_BACKBONE_WEIGHTS
+    backbone: typing.Optional[str] = None
     context: typing.Optional[str] = None
     pretrained_backbone: bool = True
     pretrained_context: bool = True
@@ -143,14 +150,15 @@ class Config:
     """A whole run.
 
     dataset: "h36m" or "mpi".
-    checkpoint: output directory (checkpoints, config.yaml, logs, metrics, figures).
+    checkpoint: output directory (checkpoints, config.yaml, logs, metrics, figures);
+        None: the dataset's ``DEFAULT_CHECKPOINT_DIRS`` entry.
     log: TensorBoard directory (None: ``<checkpoint>/logs``).
     device: "auto" (CUDA if present), "cpu", "cuda" or "cuda:N".
     seed: seeds Python, NumPy and torch (and the data order).
     """
 
     dataset: str = "h36m"
-    checkpoint: str = "checkpoint"
+    checkpoint: typing.Optional[str] = None
     log: typing.Optional[str] = None
     device: str = "auto"
     seed: int = 0
@@ -162,11 +170,20 @@ class Config:
 
     def __post_init__(self):
         validate(self)
+        if self.data.root is None:
+            self.data.root = DEFAULT_DATA_ROOTS[self.dataset]
+        if self.checkpoint is None:
+            self.checkpoint = DEFAULT_CHECKPOINT_DIRS[self.dataset]
 
     @property
     def context_weights(self):
         """The CA-PF weight file: the configured one or the dataset's default."""
         return self.weights.context or DEFAULT_CONTEXT_WEIGHTS[self.dataset]
+
+    @property
+    def backbone_weights(self):
+        """Where the PoseHRNet file may be, in search order: the configured one, else the defaults."""
+        return (self.weights.backbone,) if self.weights.backbone else DEFAULT_BACKBONE_WEIGHTS
 
 
 def _check_type(value, annotation, where):

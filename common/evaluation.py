@@ -40,14 +40,24 @@ WEIGHT_SOURCES = {
 }
 
 
-def require_weight_file(path, kind):
-    """Raise FileNotFoundError naming ``path``, what the file is and how to point elsewhere."""
-    if not Path(path).is_file():
-        what, flag = WEIGHT_SOURCES[kind]
-        raise FileNotFoundError(
-            f"weight file {path} not found: it should hold {what}. Put it there, pass its path with "
-            f"{flag}, or set weights.pretrained_{kind}: false in the config to run with random weights")
-    return Path(path)
+def require_weight_file(candidates, kind):
+    """The first existing file of ``candidates`` (a path or a sequence of paths, in search order).
+
+    Raises:
+        FileNotFoundError: none exists; the message lists every place looked at,
+            what the file is and how to point elsewhere.
+    """
+    candidates = [candidates] if isinstance(candidates, (str, Path)) else list(candidates)
+    for path in candidates:
+        if Path(path).is_file():
+            return Path(path)
+    what, flag = WEIGHT_SOURCES[kind]
+    where = (f"weight file {candidates[0]} not found" if len(candidates) == 1 else
+             f"weight file not found at any of the places looked at ({', '.join(map(str, candidates))})")
+    raise FileNotFoundError(
+        f"{where}: it should hold {what}. Put it {'there' if len(candidates) == 1 else 'at one of them'}, "
+        f"pass its path with {flag}, or set weights.pretrained_{kind}: false in the config to run with "
+        f"random weights")
 
 
 def resolve_device(device):
@@ -71,7 +81,9 @@ def build_networks(cfg, device):
     backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED)
     _, denoiser = _build_seeded(cfg.model, cfg.seed)
     if cfg.weights.pretrained_backbone:
-        load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"))
+        path = require_weight_file(cfg.backbone_weights, "backbone")
+        log.info("backbone weights: %s", path)
+        load_backbone_weights(backbone, path)
     else:
         log.warning("backbone weights: none loaded (weights.pretrained_backbone is false); "
                     "the backbone is random, which suits synthetic data only")

@@ -19,8 +19,8 @@ def test_defaults_are_the_original_settings():
     assert cfg.context_weights == "checkpoint/human36m_nips_retrain.bin"
 
 
-@pytest.mark.parametrize("name, dataset", [("human36m_train.yaml", "h36m"), ("mpi_train.yaml", "mpi"),
-                                           ("synthetic_demo.yaml", "h36m")])
+@pytest.mark.parametrize("name, dataset", [("human36m_train.yaml", "h36m"), ("human36m_train.yaml", "mpi"),
+                                           ("mpi_train.yaml", "mpi"), ("synthetic_demo.yaml", "h36m")])
 def test_shipped_configs_load(name, dataset):
     cfg = load_config(CONFIG_DIR / name, dataset=dataset)
     assert cfg.dataset == dataset
@@ -35,6 +35,38 @@ def test_shipped_training_configs_keep_the_defaults():
         assert cfg.train == Config().train and cfg.evaluation == Config().evaluation
         assert cfg.model == ModelConfig()
     assert load_config(CONFIG_DIR / "mpi_train.yaml", dataset="mpi").context_weights.endswith("mpi-inf_nips_retrain.bin")
+
+
+def test_human36m_config_serves_both_scripts_and_the_dataset_parts_follow_the_script():
+    """As the original README says, config/human36m_train.yaml "is the same for both datasets"."""
+    h36m = load_config(CONFIG_DIR / "human36m_train.yaml", dataset="h36m")
+    mpi = load_config(CONFIG_DIR / "human36m_train.yaml", dataset="mpi")
+    assert (h36m.context_weights, mpi.context_weights) == ("checkpoint/human36m_nips_retrain.bin",
+                                                           "checkpoint/mpi-inf_nips_retrain.bin")
+    assert (h36m.checkpoint, mpi.checkpoint) == ("checkpoint/human36m", "checkpoint/mpi-inf-3dhpe")
+    assert (h36m.data.root, mpi.data.root) == ("webdataset/Human36m", "webdataset/mpi_inf_3dhp")
+    assert output_paths(mpi).best.name == "best_mpi.bin"
+    # What the user names explicitly wins over the script's defaults.
+    named = load_config(CONFIG_DIR / "human36m_train.yaml", {"weights.context": "mine.bin", "data.root": "w"},
+                        dataset="mpi")
+    assert (named.context_weights, named.data.root) == ("mine.bin", "w")
+
+
+def test_backbone_weights_are_searched_where_the_original_put_them_too():
+    cfg = load_config(CONFIG_DIR / "human36m_train.yaml", dataset="mpi")
+    assert cfg.backbone_weights == ("checkpoint/pose_hrnet_w32_256x192.pth",
+                                    "checkpoint/posehrnet/pose_hrnet_w32_256x192.pth")
+    assert load_config(None, {"weights.backbone": "b.pth"}).backbone_weights == ("b.pth",)
+
+
+@pytest.mark.parametrize("name, switch", [("human36m_mask_pose_train.yaml", "mask_pose"),
+                                          ("human36m_mask_context_train.yaml", "mask_context"),
+                                          ("human36m_shuffle_context_train.yaml", "shuffle_context")])
+def test_ablation_configs_turn_on_exactly_their_switch(name, switch):
+    for dataset in ("h36m", "mpi"):
+        cfg = load_config(CONFIG_DIR / name, dataset=dataset)
+        assert cfg.model == ModelConfig(**{switch: True})
+        assert cfg.train == Config().train and cfg.evaluation == Config().evaluation
 
 
 def test_unknown_key_names_it_and_the_valid_keys(tmp_path):
