@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from common import original_config
 from common.models import ModelConfig
 
 DATASETS = ("h36m", "mpi")
@@ -250,6 +251,10 @@ def load_config(path=None, overrides=None, dataset=None):
     Raises:
         ConfigError: missing file, bad YAML, unknown key, wrong type or value,
             or a dataset other than ``dataset``.
+
+    A file in the original repository's format is read through
+    ``common.original_config`` (its meaningful keys mapped, the rest ignored
+    with a warning); a file in this project's format is strict.
     """
     values = {}
     if path is not None:
@@ -264,6 +269,8 @@ def load_config(path=None, overrides=None, dataset=None):
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level, "
                               f"got {type(values).__name__}")
+        if original_config.is_original_format(values):
+            values = original_config.translate(values, str(path))
     if dataset is not None:
         named = values.setdefault("dataset", dataset)
         if named != dataset:
