@@ -98,6 +98,8 @@ def build_parser(dataset):
     new.add_argument("--no-flip-test", action="store_true", help="evaluate the original view only")
     new.add_argument("--skip-bad", action="store_true",
                      help="skip malformed samples (counted and reported) instead of stopping")
+    new.add_argument("--allow-train-split", action="store_true",
+                     help="let --evaluate and validation score shards of a train/ folder (refused otherwise)")
     return parser
 
 
@@ -112,6 +114,8 @@ def overrides_from_args(args):
         overrides["evaluation.flip_test"] = False
     if args.skip_bad:
         overrides["data.skip_bad"] = True
+    if args.allow_train_split:
+        overrides["data.allow_train_split"] = True
     return overrides
 
 

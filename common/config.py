@@ -58,6 +58,9 @@ class DataConfig:
     max_train_samples / max_eval_samples: cap on samples per epoch / evaluation
         (None: all), for quick runs.
     skip_bad: skip malformed samples (counted and reported) instead of stopping.
+    allow_train_split: let evaluation and validation score shards of a ``train``
+        folder (refused otherwise, so that a wrong ``-w`` cannot pass training
+        samples off as test results).
     """
 
     root: typing.Optional[str] = None
@@ -68,6 +71,7 @@ class DataConfig:
     max_train_samples: typing.Optional[int] = None
     max_eval_samples: typing.Optional[int] = None
     skip_bad: bool = False
+    allow_train_split: bool = False
 
 
 @dataclass

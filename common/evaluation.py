@@ -20,11 +20,12 @@ from tqdm import tqdm
 from common import distributed
 from common.checkpoints import load_backbone_weights, load_snappose_weights
 from common.config import config_to_dict, output_paths
-from common.data import build_loader
+from common.data import DEFAULT_SPLITS, build_loader
 from common.diffusion import ddim_sample
 from common.metrics import MetricAccumulator
 from common.models import build_model
 from common.skeleton import ROOT_JOINT, flip_pose_3d
+from common.splits import evaluation_shards
 from common.visualization import draw_sample
 
 log = logging.getLogger(__name__)
@@ -205,12 +206,26 @@ def write_predictions(path, predictions):
     return path
 
 
+def metrics_file(latest, weights, split, dataset):
+    """Where an evaluation's metrics go so that no other checkpoint or split overwrites them.
+
+    ``metrics_<checkpoint name>.json`` beside ``latest`` (``metrics.json``, which
+    always holds the latest evaluation), with ``_<split>`` added when the split
+    is not the dataset's test split: ``metrics_best_h36m.json``,
+    ``metrics_latest_epoch_train.json``.
+    """
+    suffix = "" if split == DEFAULT_SPLITS[dataset, False] else f"_{split}"
+    return Path(latest).parent / f"metrics_{Path(weights).stem}{suffix}.json"
+
+
 def evaluate(cfg, weights, device=None):
     """Evaluate the SnapPose checkpoint ``weights`` on the test split of ``cfg.data.root``.
 
-    Prints the metrics table and, on the main process, writes ``metrics.json``
-    (and, as configured, the predictions npz and PNG figures) where
-    ``config.output_paths(cfg)`` says.
+    Prints the metrics table and, on the main process, writes
+    ``metrics_<checkpoint>.json`` (see :func:`metrics_file`) and a copy as
+    ``metrics.json`` (the latest evaluation), and, as configured, the
+    predictions npz and PNG figures, where ``config.output_paths(cfg)`` says.
+    Refuses shards of a training split unless ``data.allow_train_split``.
 
     Args:
         cfg: Config; uses data, model, weights.backbone, evaluation, seed.
@@ -218,15 +233,16 @@ def evaluate(cfg, weights, device=None):
         device: torch.device; None initialises (distributed) from the environment.
     Returns:
         The metrics summary dict (millimetres; PCK and AUC in percent), with
-        "checkpoint", "epoch", the sampling settings and "skipped_samples"
-        (bad samples passed over with ``data.skip_bad``) added.
+        "checkpoint", "epoch", the split and its shards, the sampling settings
+        and "skipped_samples" (bad samples passed over with ``data.skip_bad``) added.
     """
+    urls, split = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split)
     device = resolve_device(device)
     paths = output_paths(cfg)
     backbone, denoiser = build_networks(cfg, device)
     checkpoint = load_snappose_weights(denoiser, weights)
     e = cfg.evaluation
-    loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
+    loader = build_loader(urls, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
                           skip_bad=cfg.data.skip_bad, seed=cfg.seed)
     log.info("evaluating %s: %d hypotheses, %d DDIM steps, flip test %s",
@@ -238,13 +254,18 @@ def evaluate(cfg, weights, device=None):
     summary = accumulator.summary()
     skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
-                   num_proposals=e.num_proposals, timesteps=e.timesteps, flip_test=e.flip_test,
-                   skipped_samples=skipped)
+                   split=split, num_shards=len(urls), num_proposals=e.num_proposals, timesteps=e.timesteps,
+                   flip_test=e.flip_test, skipped_samples=skipped)
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
-        paths.metrics.parent.mkdir(parents=True, exist_ok=True)
-        paths.metrics.write_text(json.dumps({"metrics": summary, "config": config_to_dict(cfg)}, indent=2))
-        log.info("metrics written to %s", paths.metrics)
+        named = metrics_file(paths.metrics, weights, split, cfg.dataset)
+        if named.is_file():
+            log.info("%s held an earlier evaluation of %s on split '%s'; replacing it", named, weights, split)
+        text = json.dumps({"metrics": summary, "config": config_to_dict(cfg)}, indent=2)
+        named.parent.mkdir(parents=True, exist_ok=True)
+        named.write_text(text)
+        paths.metrics.write_text(text)
+        log.info("metrics written to %s (and to %s, the latest evaluation)", named, paths.metrics)
         if predictions is not None:
             log.info("predictions written to %s", write_predictions(paths.predictions, predictions))
         if e.visualize:

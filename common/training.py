@@ -33,6 +33,7 @@ from common.config import config_to_dict, output_paths, save_config
 from common.data import build_loader
 from common.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.evaluation import build_networks, require_weight_file, resolve_device, run_evaluation
+from common.splits import evaluation_shards
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,8 @@ def train(cfg, resume=None, device=None):
                           max_samples=cfg.data.max_train_samples, skip_bad=cfg.data.skip_bad, seed=cfg.seed)
     val_loader = None
     if cfg.train.validate_every:
-        val_loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
+        val_shards, _ = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split, "validation")
+        val_loader = build_loader(val_shards, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                                   num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
                                   skip_bad=cfg.data.skip_bad, seed=cfg.seed)
 
