@@ -29,4 +29,7 @@ def test_demo_runs_end_to_end_on_a_few_samples(tmp_path, capsys, single_thread):
     metrics = json.loads((out / "checkpoint" / "metrics.json").read_text())["metrics"]
     assert metrics["num_samples"] == 4 and metrics["num_proposals"] == 20
     assert (out / "predictions.npz").is_file()
+    # The demo validates after its last epoch, so the best checkpoint the README promises exists.
+    assert (out / "checkpoint" / "best_h36m.bin").is_file()
+    assert "evaluating best_h36m.bin" in printed
     assert (data / "manifest.json").is_file() and list((data / "train").glob("data-*.tar"))
