@@ -30,6 +30,8 @@ from model_fixtures import random_state_dict, single_thread, write_contextpose, 
 import main_diffusers_h36m
 import main_diffusers_mpi
 from common.checkpoints import CONTEXT_PREFIXES, read_checkpoint
+from common.config import load_config
+from common.evaluation import require_weight_file
 from common.models import ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -116,6 +118,22 @@ def test_the_commands_are_the_original_readmes():
     text = ORIGINAL_README.read_text()
     for name, command in COMMANDS.items():
         assert command in text, f"{name} is not verbatim in the original README"
+
+
+def test_backbone_weights_are_found_in_either_place_and_a_miss_lists_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO_ROOT / "config" / "human36m_train.yaml", dataset="mpi")
+    with pytest.raises(FileNotFoundError) as missing:
+        require_weight_file(cfg.backbone_weights, "backbone")
+    for place in ("checkpoint/pose_hrnet_w32_256x192.pth", "checkpoint/posehrnet/pose_hrnet_w32_256x192.pth"):
+        assert place in str(missing.value)
+    original = tmp_path / "checkpoint" / "posehrnet" / "pose_hrnet_w32_256x192.pth"
+    original.parent.mkdir(parents=True)
+    original.write_bytes(b"")
+    assert require_weight_file(cfg.backbone_weights, "backbone") == Path("checkpoint/posehrnet/pose_hrnet_w32_256x192.pth")
+    ours = tmp_path / "checkpoint" / "pose_hrnet_w32_256x192.pth"
+    ours.write_bytes(b"")
+    assert require_weight_file(cfg.backbone_weights, "backbone") == Path("checkpoint/pose_hrnet_w32_256x192.pth")
 
 
 @pytest.mark.parametrize("name", ["test_h36m", "test_mpi"])
