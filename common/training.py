@@ -177,6 +177,9 @@ def train(cfg, resume=None, device=None):
     main = distributed.is_main_process()
     rank, world = distributed.get_rank(), distributed.get_world_size()
     seed_everything(cfg.seed + rank)
+    # Checked first, so that a -w naming a train/ folder fails before anything is loaded.
+    val_shards = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split,
+                                   "validation")[0] if cfg.train.validate_every else None
 
     backbone, denoiser = build_networks(cfg, device)
     # Also when resuming: loading freezes the CA-PF parts, so the optimizer sees
@@ -203,7 +206,6 @@ def train(cfg, resume=None, device=None):
                           max_samples=cfg.data.max_train_samples, skip_bad=cfg.data.skip_bad, seed=cfg.seed)
     val_loader = None
     if cfg.train.validate_every:
-        val_shards, _ = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split, "validation")
         val_loader = build_loader(val_shards, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                                   num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
                                   skip_bad=cfg.data.skip_bad, seed=cfg.seed)
