@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import pickle
+import random
 import re
 from collections import namedtuple
 from contextlib import contextmanager
@@ -505,13 +506,20 @@ class ShardLoader:
             return None
         return self.max_samples // self.world_size + (self.rank < self.max_samples % self.world_size)
 
+    def shard_order(self):
+        """The shard URLs in the order the next pass reads them: shuffled per epoch in training."""
+        urls = list(self.urls)
+        if self.train:
+            random.Random(f"{self.seed}-{self.epoch}").shuffle(urls)
+        return urls
+
     def pipeline(self):
         """The WebDataset pipeline of one pass (yields collated batches with a ``skipped`` list)."""
         plan = _Plan(len(self.urls), self.rank, self.world_size)
         skips = _SkipLog(self.skip_bad)
         shuffle = self.train and self.shuffle_buffer > 1
         stages = [
-            wds.SimpleShardList(self.urls, seed=f"{self.seed}-{self.epoch}" if self.train else None),
+            wds.SimpleShardList(self.shard_order()),
             wds.pipelinefilter(_split_shards)(plan, skips),
             wds.tarfile_to_samples(handler=skips),
             wds.pipelinefilter(_split_samples)(plan),

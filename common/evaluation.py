@@ -24,6 +24,7 @@ from common.data import build_loader
 from common.diffusion import ddim_sample
 from common.metrics import MetricAccumulator
 from common.models import build_model
+from common.sample_count import samples_per_pass
 from common.skeleton import ROOT_JOINT, flip_pose_3d
 from common.visualization import draw_sample
 
@@ -150,9 +151,11 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
     kept = {"keys": [], "hypotheses": [], "ground_truth": []}
     drawn = 0
     main = distributed.is_main_process()
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not main, dynamic_ncols=True):
+    progress = tqdm(desc=desc, unit="sample", total=samples_per_pass(loader), disable=not main, dynamic_ncols=True)
+    for batch in loader:
         hypotheses = predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test,
                                         num_train_timesteps, seed).cpu()
+        progress.update(len(hypotheses))
         target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
         accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
         if keep_predictions:
@@ -165,6 +168,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
                             batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
                             title=str(batch["key"][i]))
                 drawn += 1
+    progress.close()
     merged = MetricAccumulator(dataset)
     for arrays in distributed.all_gather_objects(accumulator.arrays()):
         merged.merge(arrays)

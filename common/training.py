@@ -33,6 +33,7 @@ from common.config import config_to_dict, output_paths, save_config
 from common.data import build_loader
 from common.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.evaluation import build_networks, require_weight_file, resolve_device, run_evaluation
+from common.sample_count import samples_per_pass
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +237,11 @@ def train(cfg, resume=None, device=None):
                 if cached:
                     order = torch.Generator().manual_seed((cfg.seed * 1000 + rank) * 100003 + epoch)
                     batches = cache.batches(cfg.data.batch_size, order)
-                    total = cache.num_batches(cfg.data.batch_size)
+                    total = len(cache)
                 else:
                     loader.set_epoch(epoch)
                     batches = iter(loader)
-                    total = None
+                    total = samples_per_pass(loader)  # None (a bar without total) for remote shards
                 skip = state.step_in_epoch
                 for _ in range(skip):  # the batches an interrupted run already trained on
                     next(batches)
@@ -248,11 +249,12 @@ def train(cfg, resume=None, device=None):
                     set_rng_state(pending_rng)
                     pending_rng = None
                 start = time.time()
-                progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
-                                disable=not main, dynamic_ncols=True, initial=skip, total=total)
+                done = skip * cfg.data.batch_size
+                progress = tqdm(desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="sample", disable=not main,
+                                dynamic_ncols=True, initial=done if total is None else min(done, total), total=total)
                 join = model.join() if isinstance(model, DistributedDataParallel) else nullcontext()
                 with join:
-                    for batch in progress:
+                    for batch in batches:
                         inputs = batch if cached else _prepare(batch, backbone, device)
                         if cache is not None and not cached:
                             cache.add(**inputs)
@@ -263,7 +265,9 @@ def train(cfg, resume=None, device=None):
                         state.loss_sum += loss
                         state.step_in_epoch += 1
                         state.global_step += 1
-                        progress.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
+                        # The epoch's running mean, the quantity the epoch line logs (there averaged over processes).
+                        progress.update(len(inputs["pose"]))
+                        progress.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.6f}", lr=f"{lr:.4e}")
                         if writer is not None:
                             writer.add_scalar("train/loss", loss, state.global_step)
                 if cache is not None and not cached:
@@ -273,6 +277,8 @@ def train(cfg, resume=None, device=None):
                                  len(cache))
                 steps = max(state.step_in_epoch, 1)
                 epoch_loss = distributed.all_reduce_mean(state.loss_sum / steps)
+                progress.set_postfix(loss=f"{epoch_loss:.6f}", lr=f"{lr:.4e}")
+                progress.close()
                 state.epoch += 1
                 state.step_in_epoch = 0
                 state.loss_sum = 0.0
@@ -370,8 +376,10 @@ def _restore(path, denoiser, optimizer, generator, state, rank, world, cfg):
     state.global_step = int(checkpoint.get("global_step", 0))
     state.best = float(checkpoint.get("best_mpjpe", float("inf")))
     state.loss_sum = float(checkpoint.get("loss_sum", 0.0))
-    log.info("resumed from %s: %d epochs done%s, lr %s, best MPJPE %.2f mm", path, state.epoch,
-             f" (+{state.step_in_epoch} batches)" if state.step_in_epoch else "", lr, state.best)
+    log.info("resumed from %s: %d epochs done%s, lr %s, %s", path, state.epoch,
+             f" (+{state.step_in_epoch} batches)" if state.step_in_epoch else "",
+             "unknown" if lr is None else f"{lr:.4e}",
+             f"best MPJPE {state.best:.2f} mm" if np.isfinite(state.best) else "no validation yet")
     saved = checkpoint.get("rng")
     if not saved:
         return None
