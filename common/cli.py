@@ -53,7 +53,8 @@ def build_parser(dataset):
     original = parser.add_argument_group("flags of the original implementation")
     original.add_argument("--config", help="YAML run configuration (see config/)")
     original.add_argument("-c", "--checkpoint", metavar="DIR",
-                          help="directory for checkpoints, config, logs, metrics and figures")
+                          help="directory for checkpoints, config, logs, metrics and figures (with --evaluate: "
+                               "default the evaluated checkpoint's folder)")
     original.add_argument("-cf", "--checkpoint-frequency", type=int, metavar="N",
                           help="write latest_epoch.bin every N epochs")
     original.add_argument("-l", "--log", metavar="DIR", help="TensorBoard directory (default: <checkpoint>/logs)")
@@ -140,13 +141,22 @@ def main(dataset, argv=None):
     log = logging.getLogger("snappose")
     try:
         cfg = load_config(args.config, overrides_from_args(args), dataset=dataset)
-        if args.save and cfg.evaluation.save_predictions is None:
-            cfg.evaluation.save_predictions = str(
-                Path(cfg.checkpoint) / "predictions" / f"predictions_{dataset}.npz")
         evaluate_file = resolve_checkpoint_file(args.evaluate, cfg.checkpoint, "--evaluate") if args.evaluate else None
         resume_file = resolve_checkpoint_file(args.resume, cfg.checkpoint, "--resume") if args.resume else None
     except (ConfigError, FileNotFoundError) as error:
         parser.error(str(error))
+    if evaluate_file is not None and args.checkpoint is None:
+        # Metrics, figures and predictions belong beside the checkpoint they describe, not in
+        # a folder that the config's (often relative) checkpoint path makes in the current directory.
+        cfg.checkpoint = str(evaluate_file.parent)
+    save_ignored = None
+    if args.save:
+        saved = Path(cfg.checkpoint) / "predictions" / f"predictions_{dataset}.npz"
+        if cfg.evaluation.save_predictions is None:
+            cfg.evaluation.save_predictions = str(saved)
+        else:
+            save_ignored = (f"-s: predictions go to {cfg.evaluation.save_predictions}, the file that "
+                            f"--save-predictions (or the config) names, and not also to {saved}")
 
     # Imported here so that --help and configuration errors answer without loading the model code.
     from common.checkpoints import CheckpointError
@@ -155,7 +165,11 @@ def main(dataset, argv=None):
 
     device = distributed.init_distributed(cfg.device)
     if not distributed.is_main_process():
-        logging.getLogger().setLevel(logging.WARNING)
+        # Rank 0 speaks for all; the others report errors only, library warnings included.
+        logging.captureWarnings(True)
+        logging.getLogger().setLevel(logging.ERROR)
+    if save_ignored:
+        log.warning("%s", save_ignored)
     try:
         if evaluate_file is not None:
             evaluate(cfg, evaluate_file, device=device)
