@@ -338,6 +338,9 @@ def find_shards(source, split=None):
         urls = sorted(glob(os.path.join(escape(folder), "*.tar")))
         if not urls:
             subfolders = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)))
+            if split is None and subfolders:
+                raise FileNotFoundError(f"no .tar shards directly in {folder}, which holds the subfolders "
+                                        f"{subfolders}: name one of them, e.g. {os.path.join(source, subfolders[0])}")
             raise FileNotFoundError(
                 f"no .tar shards in {folder}"
                 + (f" (no '{split}' subfolder either)" if split is not None and folder == source else "")

@@ -300,9 +300,13 @@ def train(cfg, resume=None, device=None):
                     summary = summary.summary()
                     value = summary[BEST_METRIC]
                     line += f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
+                    logged = ["mpjpe_mean_hypothesis", "mpjpe_best_pose_hypothesis", "p_mpjpe_mean_hypothesis"]
+                    if cfg.dataset == "mpi":  # the dataset's own metrics, on its official 14 joints
+                        line += (f", PCK {summary['pck14_mean_hypothesis']:.2f} %, "
+                                 f"AUC {summary['auc14_mean_hypothesis']:.2f} %")
+                        logged += ["pck14_mean_hypothesis", "auc14_mean_hypothesis"]
                     if writer is not None:
-                        for name in ("mpjpe_mean_hypothesis", "mpjpe_best_pose_hypothesis",
-                                     "p_mpjpe_mean_hypothesis"):
+                        for name in logged:
                             writer.add_scalar(f"val/{name}", summary[name], state.epoch)
                     if value < state.best:
                         state.best = value
