@@ -22,11 +22,11 @@ from common.checkpoints import load_backbone_weights, load_snappose_weights
 from common.config import config_to_dict, output_paths
 from common.data import build_loader
 from common.diffusion import ddim_sample
-from common.metrics import MetricAccumulator
+from common.metrics import AGGREGATIONS, MetricAccumulator, hypothesis_joint_errors
 from common.models import build_model
 from common.sample_count import samples_per_pass
 from common.skeleton import ROOT_JOINT, flip_pose_3d
-from common.visualization import draw_sample
+from common.visualization import draw_sample, draw_summary
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
         dataset: "h36m" or "mpi" (which metrics are reported).
         keep_predictions: also return keys, hypotheses and ground truth of all samples.
         figures_dir, num_figures: draw the first ``num_figures`` samples of the
-            main process as PNG files into ``figures_dir``.
+            main process as PNG files into ``figures_dir``, and ``summary.png``
+            (``visualization.draw_summary``) of all samples.
     Returns:
         (accumulator, predictions): a ``MetricAccumulator`` holding every
         process's samples (its ``summary()`` in millimetres and percent, its
@@ -149,6 +150,8 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
     denoiser.eval()
     accumulator = MetricAccumulator(dataset)
     kept = {"keys": [], "hypotheses": [], "ground_truth": []}
+    # MPI's PCK curve in the summary figure needs per-joint errors, which the accumulator does not keep.
+    curve_errors = {a: [] for a in AGGREGATIONS} if figures_dir is not None and dataset == "mpi" else None
     drawn = 0
     main = distributed.is_main_process()
     progress = tqdm(desc=desc, unit="sample", total=samples_per_pass(loader), disable=not main, dynamic_ncols=True)
@@ -158,6 +161,9 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
         progress.update(len(hypotheses))
         target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
         accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
+        if curve_errors is not None:
+            for aggregation, errors in curve_errors.items():
+                errors.append(hypothesis_joint_errors(hypotheses, target, "mpjpe", aggregation).numpy())
         if keep_predictions:
             kept["keys"].extend(batch["key"])
             kept["hypotheses"].append(hypotheses.numpy().astype(np.float32))
@@ -174,6 +180,11 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
         merged.merge(arrays)
     if len(merged) == 0:
         raise RuntimeError("the evaluation saw no samples: check the test shards (-w) and --max-samples")
+    if curve_errors is not None:
+        curve_errors = distributed.gather_arrays(
+            {a: _concat(chunks, (0, 17)) for a, chunks in curve_errors.items()})
+    if main and figures_dir is not None:
+        draw_summary(Path(figures_dir) / "summary.png", merged.summary(), dataset, curve_errors)
     predictions = None
     if keep_predictions:
         local = {"keys": np.asarray(kept["keys"], dtype=str),
