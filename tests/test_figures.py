@@ -58,15 +58,3 @@ def test_summary_figure_of_an_evaluation(tmp_path, dataset):
     pixels = np.asarray(Image.open(path).convert("RGB"))
     assert pixels.shape == (500, 1200, 3) and (pixels < 250).any()
 
-
-def test_mpi_evaluation_draws_the_pck_curve(tiny_config, tmp_path):
-    from common.checkpoints import save_checkpoint
-    from common.evaluation import evaluate
-    from common.models import build_model
-
-    cfg = tiny_config(tmp_path / "run", dataset="mpi", evaluation__visualize=1)
-    _, denoiser = build_model(cfg.model)
-    weights = save_checkpoint(tmp_path / "best_mpi.bin", denoiser)
-    evaluate(cfg, weights, device=torch.device("cpu"))
-    assert (tmp_path / "run" / "figures" / "summary.png").is_file()
-    assert len(list((tmp_path / "run" / "figures").glob("TS*.png"))) == 1
