@@ -17,11 +17,12 @@ import logging
 import os
 import tarfile
 
+from common.convert import REPORT_NAME, SHARD_PATTERN
+from common.synthetic import MANIFEST_NAME
+
 log = logging.getLogger(__name__)
 
 CACHE_NAME = ".sample_counts.json"
-REPORT_NAME = "conversion_report.json"  # written by common.convert
-MANIFEST_NAME = "manifest.json"  # written by common.synthetic
 
 
 def _is_remote(url):
@@ -43,7 +44,7 @@ def _from_report(folder):
         return {}
     counts = {}
     for index, stats in report.get("shards", {}).items():
-        name = f"data-{int(index):06d}.tar"
+        name = SHARD_PATTERN.format(int(index))
         path = os.path.join(folder, name)
         if os.path.isfile(path) and os.path.getsize(path) == stats.get("bytes"):
             counts[name] = int(stats["written"])

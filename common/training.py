@@ -265,8 +265,8 @@ def train(cfg, resume=None, device=None):
                         state.loss_sum += loss
                         state.step_in_epoch += 1
                         state.global_step += 1
-                        # The epoch's running mean, the quantity the epoch line logs (there averaged over processes).
                         progress.update(len(inputs["pose"]))
+                        # The epoch's running mean, the quantity the epoch line logs (there averaged over processes).
                         progress.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.6f}", lr=f"{lr:.4e}")
                         if writer is not None:
                             writer.add_scalar("train/loss", loss, state.global_step)
