@@ -158,7 +158,6 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
     for batch in loader:
         hypotheses = predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test,
                                         num_train_timesteps, seed).cpu()
-        progress.update(len(hypotheses))
         target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
         accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
         if curve_errors is not None:
@@ -174,6 +173,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
                             batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
                             title=str(batch["key"][i]))
                 drawn += 1
+        progress.update(len(hypotheses))  # after the figures, which take seconds each
     progress.close()
     merged = MetricAccumulator(dataset)
     for arrays in distributed.all_gather_objects(accumulator.arrays()):
