@@ -11,7 +11,7 @@ Precedence: defaults < ``--config`` YAML < flags given on the command line.
 import argparse
 import logging
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from common import distributed
@@ -136,16 +136,19 @@ def resolve_checkpoint_file(name, checkpoint_dir, flag):
                             f"or the -c directory that holds it")
 
 
+@contextmanager
 def _output_lock(cfg, purpose):
-    """Check the output folders and lock ``-c`` for ``purpose`` (main process only), before any work."""
+    """Lock ``-c`` for ``purpose`` and check the other output folders (main process only), before any work."""
     if not distributed.is_main_process():
-        return nullcontext()
+        yield
+        return
     paths = output_paths(cfg)
-    if purpose == "training":
-        check_output_dir(paths.tensorboard, "TensorBoard folder (-l)")
-    elif paths.predictions is not None:
-        check_output_dir(paths.predictions.parent, "predictions folder (-s / --save-predictions)")
-    return run_lock(cfg.checkpoint, purpose)
+    with run_lock(paths.checkpoint_dir, purpose):
+        if purpose == "training":
+            check_output_dir(paths.tensorboard, "TensorBoard folder (-l)")
+        elif paths.predictions is not None:
+            check_output_dir(paths.predictions.parent, "predictions folder (-s / --save-predictions)")
+        yield
 
 
 def main(dataset, argv=None):
