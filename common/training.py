@@ -16,6 +16,7 @@ generator, and the resolved configuration. Resuming restores them and skips
 the batches already done, so a resumed run continues as if never stopped.
 """
 import logging
+import math
 import random
 import signal
 import time
@@ -285,6 +286,8 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
                         state.global_step += 1
                         if saver.due():
                             save(paths.latest)
+                        if loss is None:
+                            continue
                         progress.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
                         if writer is not None:
                             writer.add_scalar("train/loss", loss, state.global_step)
@@ -370,6 +373,11 @@ def _train_step(model, inputs, scheduler, optimizer, generator, grad_clip=None):
     """
     loss = diffusion_loss(model, inputs["pose"], inputs["keypoints"], inputs["ref"], inputs["features"],
                           scheduler, generator=generator)
+    value = loss.item()
+    # Checked before backward, which can crash the process outright on non-finite sampling offsets;
+    # a NaN on any process makes the mean NaN, so all processes skip the backward pass together.
+    if not math.isfinite(distributed.all_reduce_mean(value)):
+        return None
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     parameters = [p for p in model.parameters() if p.grad is not None]
@@ -382,7 +390,7 @@ def _train_step(model, inputs, scheduler, optimizer, generator, grad_clip=None):
         optimizer.zero_grad(set_to_none=True)
         return None
     optimizer.step()
-    return loss.item()
+    return value
 
 
 def _skip_nonfinite_step(denoiser, state, grad_clip):
