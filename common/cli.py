@@ -147,6 +147,9 @@ def _output_lock(cfg, purpose):
         if purpose == "training":
             check_output_dir(paths.tensorboard, "TensorBoard folder (-l)")
         elif paths.predictions is not None:
+            if paths.predictions.is_dir():
+                raise RunLockError(f"--save-predictions {paths.predictions} is a folder, expected a file name "
+                                   f"(e.g. {paths.predictions / 'predictions.npz'})")
             check_output_dir(paths.predictions.parent, "predictions folder (-s / --save-predictions)")
         yield
 

@@ -412,7 +412,7 @@ def _skip_nonfinite_step(denoiser, state, grad_clip):
 
 
 class _TimedSaver:
-    """Says when ``checkpoint_minutes`` have passed since the last save (the same answer on every process)."""
+    """Says when ``checkpoint_minutes`` have passed since the last save (on any process: all save together)."""
 
     def __init__(self, minutes):
         self.seconds = minutes * 60
@@ -421,7 +421,7 @@ class _TimedSaver:
     def due(self):
         if not self.seconds:
             return False
-        return distributed.broadcast_object(time.monotonic() - self.last >= self.seconds)
+        return distributed.all_reduce_mean(time.monotonic() - self.last >= self.seconds) > 0
 
     def saved(self):
         self.last = time.monotonic()

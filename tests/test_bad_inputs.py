@@ -113,6 +113,12 @@ def test_an_output_folder_that_is_a_file_fails_before_any_work(tiny_yaml, tiny_c
         assert status == 2 and f"{ck} is a file, expected a folder" in caplog.text
         assert "training h36m" not in caplog.text and "evaluating" not in caplog.text  # nothing started
     assert ck.read_text() == "a file, not a folder\n"
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        status = main_diffusers_h36m.main(["--config", tiny_yaml, "-c", str(tmp_path / "out"), "-w",
+                                           str(tiny_shards["h36m"]), "--evaluate", str(weights),
+                                           "--save-predictions", str(tmp_path)])
+    assert status == 2 and "is a folder, expected a file name" in caplog.text and "evaluating" not in caplog.text
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
