@@ -150,13 +150,16 @@ def run_variant(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=8, help="images; each is sampled with its flipped view")
-    parser.add_argument("--hypotheses", type=int, default=20, help="H")
-    parser.add_argument("--steps", type=int, default=20, help="K, DDIM steps")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs after the first (which measures memory)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sampling", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=8,
+                        help="images; each is sampled with its flipped view (default: %(default)s)")
+    parser.add_argument("--hypotheses", type=int, default=20, help="H, hypotheses per image (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20, help="K, DDIM steps (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed runs after the first, which measures memory (default: %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="'cpu', 'cuda' or 'cuda:N' (default: cuda when available, else cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

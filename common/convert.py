@@ -30,6 +30,7 @@ Command line::
     python -m common.convert --validate webdataset/Human36m/train
 """
 import argparse
+import glob
 import concurrent.futures as futures
 import hashlib
 import io
@@ -46,6 +47,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from common import safe_pickle
 from common.data import PARTIAL_SUFFIX, shard_writer
 from common.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
 
@@ -151,10 +153,14 @@ def check_frame(data):
 def _load_labels(path):
     try:
         with open(path, "rb") as handle:
-            labels = pickle.load(handle)
+            labels = safe_pickle.load(handle)
     except FileNotFoundError:
         raise ConversionError(f"label file {path} does not exist; it is Context-Aware PoseFormer's "
                               "h36m_train.pkl or h36m_validation.pkl") from None
+    except safe_pickle.RefusedGlobal as exn:
+        raise ConversionError(f"label file {path} asks for {exn.name}, which labels never need and which "
+                              "could run code: refused (only lists, dicts, numbers, strings and numpy arrays "
+                              "are read)") from exn
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exn:
         raise ConversionError(f"label file {path} does not unpickle ({type(exn).__name__}: {exn}); "
                               "expected CA-PF's pickled list of per-frame dicts") from exn
@@ -479,6 +485,20 @@ def validate_shards(directory, dataset=None, progress=True):
             "per_subject_action": {s: dict(sorted(a.items())) for s, a in sorted(counts.items())}}
 
 
+def validate_dataset(directory, dataset=None, progress=True):
+    """Validate a shard folder, or each split of a dataset root (train/, validation/, test/ with shards).
+
+    Returns:
+        dict folder -> the result of :func:`validate_shards` for that folder.
+    """
+    if os.path.isdir(directory) and not glob.glob(os.path.join(glob.escape(directory), "*.tar")):
+        splits = [os.path.join(directory, split) for split in ("train", "validation", "test")
+                  if glob.glob(os.path.join(glob.escape(os.path.join(directory, split)), "*.tar"))]
+        if splits:
+            return {split: validate_shards(split, dataset, progress) for split in splits}
+    return {directory: validate_shards(directory, dataset, progress)}
+
+
 def _format_counts(per_subject_action):
     lines = []
     for subject, actions in per_subject_action.items():
@@ -489,10 +509,12 @@ def _format_counts(per_subject_action):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m common.convert",
-        description="Build Human3.6M WebDataset shards in the released layout from Context-Aware "
+        prog="python -m common.convert", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build Human3.6M WebDataset shards in the released layout from Context-Aware\n"
                     "PoseFormer's label files and H36M-Toolbox frames, or check a shard set (--validate).")
-    parser.add_argument("--validate", metavar="DIR", help="read the shards in DIR back and report counts")
+    parser.add_argument("--validate", metavar="DIR",
+                        help="read the shards in DIR (a split folder, or a dataset root: each of its "
+                             "train/, validation/, test/) back and report counts")
     commands = parser.add_subparsers(dest="command")
     h36m = commands.add_parser("h36m", help="convert Human3.6M")
     h36m.add_argument("--labels", required=True, help="CA-PF h36m_train.pkl or h36m_validation.pkl")
@@ -502,21 +524,30 @@ def main(argv=None):
     h36m.add_argument("--subjects", type=int, nargs="+", help="default: the split's subjects")
     h36m.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
                       help="shuffle across shards (default: train only)")
-    h36m.add_argument("--seed", type=int, default=0)
-    h36m.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard")
+    h36m.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default: %(default)s)")
+    h36m.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                      help="samples per shard (default: %(default)s)")
     h36m.add_argument("--shard-bytes", type=int, help="also cap shards at about this many bytes")
     h36m.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                      help="parallel writer processes (0: this process)")
+                      help="parallel writer processes, 0: this process (default: %(default)s)")
     h36m.add_argument("--strict", action="store_true", help="stop at the first bad label or frame")
+    # The subcommand's options belong in the main --help too, where a new user looks first.
+    parser.epilog = "command h36m:\n" + h36m.format_help()
     args = parser.parse_args(argv)
 
     if args.validate:
-        result = validate_shards(args.validate)
-        print(f"{result['samples']} samples in {result['shards']} shards, {len(result['failures'])} failures")
-        print(_format_counts(result["per_subject_action"]))
-        for failure in result["failures"][:20]:
-            print(f"  FAILED {failure['shard']} {failure['key']}: {failure['error']}")
-        return 1 if result["failures"] else 0
+        try:
+            results = validate_dataset(args.validate)
+        except FileNotFoundError as exn:
+            print(f"error: {exn}", file=sys.stderr)
+            return 2
+        for folder, result in results.items():
+            print(f"{folder}: {result['samples']} samples in {result['shards']} shards, "
+                  f"{len(result['failures'])} failures")
+            print(_format_counts(result["per_subject_action"]))
+            for failure in result["failures"][:20]:
+                print(f"  FAILED {failure['shard']} {failure['key']}: {failure['error']}")
+        return 1 if any(result["failures"] for result in results.values()) else 0
     if args.command != "h36m":
         parser.error("give a command (h36m) or --validate DIR")
     try:

@@ -64,29 +64,57 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def verdict(ratio):
+    """One sentence on the model's MPJPE as ``ratio`` x the baseline's."""
+    if ratio <= 0.5:
+        return f"{ratio:.2f} x the baseline's, at most half of it: the model learned to lift 2D poses to 3D."
+    if ratio < 1:
+        return (f"{ratio:.2f} x the baseline's: better than the baseline, but not by half; "
+                "more epochs (--epochs) should help.")
+    return (f"{ratio:.2f} x the baseline's: WORSE than the baseline, which always predicts the mean training "
+            "pose; the model has not learned to lift. Train longer (--epochs) or check the data.")
+
+
+def timing_line(stages):
+    """``stages``: (name, seconds) pairs, in order -> "time: data 3 s, training 40 s, ..., in all 50 s"."""
+    parts = [f"{name} {seconds:.0f} s" for name, seconds in stages]
+    return f"time: {', '.join(parts)}; in all {sum(seconds for _, seconds in stages):.0f} s"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
-        description="SnapPose demo: generate synthetic shards, train a small model on the CPU, evaluate it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="run configuration")
-    parser.add_argument("--data", default="webdataset/synthetic", help="where the synthetic shards go")
-    parser.add_argument("--out", default="demo_output", help="checkpoints, metrics, predictions and figures")
-    parser.add_argument("--train-samples", type=int, default=4000, help="synthetic training samples")
-    parser.add_argument("--test-samples", type=int, default=800, help="synthetic validation samples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training run")
-    parser.add_argument("--epochs", type=int, default=None, help="override the config's epoch count")
-    parser.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: the config's)")
+        prog="python -m common.demo",
+        description="SnapPose demo: generate synthetic shards, train a small model on the CPU, evaluate it.")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="run configuration (default: %(default)s)")
+    parser.add_argument("--data", default="webdataset/synthetic",
+                        help="where the synthetic shards go (default: %(default)s)")
+    parser.add_argument("--out", default="demo_output",
+                        help="checkpoints, metrics, predictions and figures (default: %(default)s)")
+    parser.add_argument("--train-samples", type=int, default=4000,
+                        help="synthetic training samples (default: %(default)s)")
+    parser.add_argument("--test-samples", type=int, default=800,
+                        help="synthetic validation samples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data and the training run (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
+    parser.add_argument("--device", help="'cpu', 'cuda', ... (default: the config's)")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    start = time.time()
+    stages, start = [], time.time()
+
+    def stage_done(name):
+        nonlocal start
+        stages.append((name, time.time() - start))
+        start = time.time()
 
     print(f"[1/3] synthetic data in {args.data}", flush=True)
     generate_dataset(args.data, "h36m", num_train=args.train_samples, num_test=args.test_samples,
                      seed=args.seed, workers=2)
+    stage_done("data")
 
     out = Path(args.out)
     overrides = {"data.root": args.data, "checkpoint": str(out / "checkpoint"), "seed": args.seed,
@@ -100,25 +128,26 @@ def main(argv=None):
 
     print(f"[2/3] training ({cfg.train.epochs} epochs) into {paths.checkpoint_dir}", flush=True)
     weights = train(cfg)
-    trained = time.time()
+    stage_done("training")
 
     print(f"[3/3] evaluating {weights.name}: {cfg.evaluation.num_proposals} hypotheses, "
           f"{cfg.evaluation.timesteps} DDIM steps, flip test", flush=True)
     summary = evaluate(cfg, weights)
+    stage_done("evaluation")
     predictions = np.load(paths.predictions)
     target = torch.from_numpy(predictions["ground_truth"]).double()
     predicted = torch.from_numpy(predictions["hypotheses"]).double().mean(dim=1)
     baseline = mean_training_pose(args.data)
     rows = comparison_table(predicted, baseline, target)
     ratio = rows[1][1] / rows[0][1]
+    stage_done("baseline")
 
     print()
     print(f"SnapPose demo on {len(target)} synthetic validation images "
           f"({cfg.evaluation.num_proposals} hypotheses, {cfg.evaluation.timesteps} DDIM steps, flip test)")
     print(format_table(rows))
-    print(f"MPJPE of the mean hypothesis is {ratio:.2f} x the baseline's "
-          f"({'at most half: the model learned to lift' if ratio <= 0.5 else 'more than half'}).")
-    print(f"time: {time.time() - start:.0f} s in all, {trained - start:.0f} s to data and training")
+    print(f"MPJPE of the mean hypothesis is {verdict(ratio)}")
+    print(timing_line(stages))
     files = sorted({weights.name, paths.latest.name, paths.config.name, paths.training_log.name})
     print(f"checkpoints: {paths.checkpoint_dir} ({', '.join(files)}; TensorBoard logs in {paths.tensorboard})")
     print(f"metrics:     {paths.metrics}")

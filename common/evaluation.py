@@ -22,10 +22,11 @@ from common.checkpoints import load_backbone_weights, load_snappose_weights
 from common.config import config_to_dict, output_paths
 from common.data import build_loader
 from common.diffusion import ddim_sample
-from common.metrics import MetricAccumulator
+from common.metrics import AGGREGATIONS, MetricAccumulator, hypothesis_joint_errors
 from common.models import build_model
+from common.sample_count import samples_per_pass
 from common.skeleton import ROOT_JOINT, flip_pose_3d
-from common.visualization import draw_sample
+from common.visualization import draw_sample, draw_summary
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ WEIGHT_SOURCES = {
 
 def require_weight_file(path, kind):
     """Raise FileNotFoundError naming ``path``, what the file is and how to point elsewhere."""
+    what, flag = WEIGHT_SOURCES[kind]
+    if Path(path).is_dir():
+        raise FileNotFoundError(f"weight file {path} is a folder; it should be the file holding {what} "
+                                f"(pass the file itself with {flag})")
     if not Path(path).is_file():
-        what, flag = WEIGHT_SOURCES[kind]
         raise FileNotFoundError(
             f"weight file {path} not found: it should hold {what}. Put it there, pass its path with "
             f"{flag}, or set weights.pretrained_{kind}: false in the config to run with random weights")
@@ -60,18 +64,19 @@ def _build_seeded(model_cfg, seed):
         return build_model(model_cfg)
 
 
-def build_networks(cfg, device):
+def build_networks(cfg, device, trust_checkpoint=False):
     """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
 
     The denoiser's initial weights follow ``cfg.seed``, the same in every
     process. A config with ``weights.pretrained_backbone: false`` keeps a random
     backbone (and logs a warning); it is drawn from a fixed seed, whatever
     ``cfg.seed`` and the process, so that training and evaluation see the same one.
+    ``trust_checkpoint`` unpickles the weight file fully (see ``checkpoints.read_checkpoint``).
     """
     backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED)
     _, denoiser = _build_seeded(cfg.model, cfg.seed)
     if cfg.weights.pretrained_backbone:
-        load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"))
+        load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"), trust_checkpoint)
     else:
         log.warning("backbone weights: none loaded (weights.pretrained_backbone is false); "
                     "the backbone is random, which suits synthetic data only")
@@ -137,7 +142,8 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
         dataset: "h36m" or "mpi" (which metrics are reported).
         keep_predictions: also return keys, hypotheses and ground truth of all samples.
         figures_dir, num_figures: draw the first ``num_figures`` samples of the
-            main process as PNG files into ``figures_dir``.
+            main process as PNG files into ``figures_dir``, and ``summary.png``
+            (``visualization.draw_summary``) of all samples.
     Returns:
         (accumulator, predictions): a ``MetricAccumulator`` holding every
         process's samples (its ``summary()`` in millimetres and percent, its
@@ -148,13 +154,19 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
     denoiser.eval()
     accumulator = MetricAccumulator(dataset)
     kept = {"keys": [], "hypotheses": [], "ground_truth": []}
+    # MPI's PCK curve in the summary figure needs per-joint errors, which the accumulator does not keep.
+    curve_errors = {a: [] for a in AGGREGATIONS} if figures_dir is not None and dataset == "mpi" else None
     drawn = 0
     main = distributed.is_main_process()
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not main, dynamic_ncols=True):
+    progress = tqdm(desc=desc, unit="sample", total=samples_per_pass(loader), disable=not main, dynamic_ncols=True)
+    for batch in loader:
         hypotheses = predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test,
                                         num_train_timesteps, seed).cpu()
         target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
         accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
+        if curve_errors is not None:
+            for aggregation, errors in curve_errors.items():
+                errors.append(hypothesis_joint_errors(hypotheses, target, "mpjpe", aggregation).numpy())
         if keep_predictions:
             kept["keys"].extend(batch["key"])
             kept["hypotheses"].append(hypotheses.numpy().astype(np.float32))
@@ -165,11 +177,18 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
                             batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
                             title=str(batch["key"][i]))
                 drawn += 1
+        progress.update(len(hypotheses))  # after the figures, which take seconds each
+    progress.close()
     merged = MetricAccumulator(dataset)
     for arrays in distributed.all_gather_objects(accumulator.arrays()):
         merged.merge(arrays)
     if len(merged) == 0:
         raise RuntimeError("the evaluation saw no samples: check the test shards (-w) and --max-samples")
+    if curve_errors is not None:
+        curve_errors = distributed.gather_arrays(
+            {a: _concat(chunks, (0, 17)) for a, chunks in curve_errors.items()})
+    if main and figures_dir is not None:
+        draw_summary(Path(figures_dir) / "summary.png", merged.summary(), dataset, curve_errors)
     predictions = None
     if keep_predictions:
         local = {"keys": np.asarray(kept["keys"], dtype=str),
@@ -193,7 +212,7 @@ def write_predictions(path, predictions):
     return path
 
 
-def evaluate(cfg, weights, device=None):
+def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     """Evaluate the SnapPose checkpoint ``weights`` on the test split of ``cfg.data.root``.
 
     Prints the metrics table and, on the main process, writes ``metrics.json``
@@ -204,6 +223,8 @@ def evaluate(cfg, weights, device=None):
         cfg: Config; uses data, model, weights.backbone, evaluation, seed.
         weights: SnapPose checkpoint file (``best_h36m.bin``, ``latest_epoch.bin``, ...).
         device: torch.device; None initialises (distributed) from the environment.
+        trust_checkpoint: unpickle the weight files fully, which can run code from
+            them (see ``checkpoints.read_checkpoint``); only for trusted files.
     Returns:
         The metrics summary dict (millimetres; PCK and AUC in percent), with
         "checkpoint", "epoch", the sampling settings and "skipped_samples"
@@ -211,8 +232,8 @@ def evaluate(cfg, weights, device=None):
     """
     device = resolve_device(device)
     paths = output_paths(cfg)
-    backbone, denoiser = build_networks(cfg, device)
-    checkpoint = load_snappose_weights(denoiser, weights)
+    backbone, denoiser = build_networks(cfg, device, trust_checkpoint)
+    checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
     e = cfg.evaluation
     loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,

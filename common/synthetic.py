@@ -28,6 +28,7 @@ import colorsys
 import functools
 import io
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -46,6 +47,8 @@ from common.geometry import (
 )
 from common.render import Capsules, new_depth_buffer, render_capsules
 from common.skeleton import H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, LEFT_JOINTS, PARENTS, RIGHT_JOINTS
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("h36m", "mpi")
 TEST_SPLIT = {"h36m": "validation", "mpi": "test"}
@@ -437,6 +440,8 @@ def generate_dataset(out_dir, dataset="h36m", num_train=4000, num_test=800, seed
         if manifest.get("settings") == settings:
             shards = {split: [out_dir / name for name in names] for split, names in manifest["shards"].items()}
             if all(p.exists() for paths in shards.values() for p in paths):
+                log.info("synthetic %s: skipped, the shards in %s already have these settings (%s); "
+                         "--force regenerates them", dataset, out_dir, manifest_path.name)
                 return shards
 
     manifest_path.unlink(missing_ok=True)
@@ -506,27 +511,33 @@ def contact_sheet(path, dataset="h36m", count=24, columns=6, seed=0, split="trai
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", help="output folder (receives train/ and validation/ or test/)")
-    parser.add_argument("--dataset", choices=DATASETS, default="h36m")
-    parser.add_argument("--train", type=int, default=4000, help="training samples")
-    parser.add_argument("--test", type=int, default=800, help="validation (h36m) or test (mpi) samples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--samples-per-shard", type=int, default=500)
+    parser = argparse.ArgumentParser(prog="python -m common.synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", metavar="DIR", help="output folder (receives train/ and validation/ or test/)")
+    parser.add_argument("--dataset", choices=DATASETS, default="h36m",
+                        help="released layout to imitate: Human3.6M or MPI-INF-3DHP (default: %(default)s)")
+    parser.add_argument("--train", type=int, default=4000, help="training samples (default: %(default)s)")
+    parser.add_argument("--test", type=int, default=800,
+                        help="validation (h36m) or test (mpi) samples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="dataset seed: the same seed gives the same shards (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="rendering processes; the output does not depend on it (default: %(default)s)")
+    parser.add_argument("--samples-per-shard", type=int, default=500,
+                        help="samples per tar file (default: %(default)s)")
     parser.add_argument("--noise-px", type=float, default=NoiseOptions.sigma,
-                        help="Gaussian noise of the 2D detections, crop pixels")
+                        help="Gaussian noise of the 2D detections, crop pixels (default: %(default)s)")
     parser.add_argument("--outlier-rate", type=float, default=NoiseOptions.outlier_rate,
-                        help="probability that a detected joint is a gross error")
+                        help="probability that a detected joint is a gross error (default: %(default)s)")
     parser.add_argument("--outlier-px", type=float, default=NoiseOptions.outlier_sigma,
-                        help="spread of a gross error, crop pixels")
+                        help="spread of a gross error, crop pixels (default: %(default)s)")
     parser.add_argument("--swap-rate", type=float, default=NoiseOptions.swap_rate,
-                        help="probability per sample of a left/right limb swap")
-    parser.add_argument("--jpeg-quality", type=int, default=85)
+                        help="probability per sample of a left/right limb swap (default: %(default)s)")
+    parser.add_argument("--jpeg-quality", type=int, default=85,
+                        help="JPEG quality of the h36m frames, 1-95 (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="regenerate even if the manifest matches")
     parser.add_argument("--visualize", metavar="PATH.png", help="write a contact sheet of training crops")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out is None and args.visualize is None:
         parser.error("give --out DIR to write shards and/or --visualize PATH.png for a contact sheet")
     try:

@@ -86,7 +86,7 @@ def test_original_commands_train_resume_and_evaluate(tiny_yaml, tiny_shards, tmp
     assert metrics["num_samples"] == 3 and metrics["num_proposals"] == 20 and metrics["timesteps"] == 20
     assert np.isfinite(metrics["mpjpe_mean_hypothesis"]) and np.isfinite(metrics["p_mpjpe_mean_hypothesis"])
     assert np.load(ck / "predictions" / "predictions_h36m.npz")["hypotheses"].shape == (3, 20, 17, 3)
-    assert len(list((ck / "figures").glob("*.png"))) == 1
+    assert len(list((ck / "figures").glob("s_*.png"))) == 1 and (ck / "figures" / "summary.png").is_file()
     saved = (ck / "config.yaml").read_text()
     assert f"root: {root}" in saved and "epochs: 2" in saved
 

@@ -255,7 +255,7 @@ def test_find_shards_sources(tmp_path):
     assert find_shards(str(tmp_path / "train" / "*.tar")) == train
     assert find_shards([train[2], test[0]]) == [train[2], test[0]]
     assert find_shards("pipe:cat data-{0..1}.tar") == ["pipe:cat data-0.tar", "pipe:cat data-1.tar"]
-    with pytest.raises(FileNotFoundError, match="subfolders found: \\['test', 'train'\\]"):
+    with pytest.raises(FileNotFoundError, match="holds the subfolders \\['test', 'train'\\]: name one of them"):
         find_shards(tmp_path)
     with pytest.raises(FileNotFoundError, match="1 of the 4 shards"):
         find_shards(str(tmp_path / "train" / "data-{000000..000003}.tar"))

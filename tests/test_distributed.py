@@ -51,13 +51,21 @@ def test_two_processes_train_and_evaluate_every_sample_once(tiny_config, tiny_sh
     root = str(tiny_shards["h36m"])
     ck = tmp_path / "two"
     # Two training processes: one shard each, gradients averaged; rank 0 alone writes.
-    _torchrun(["--config", config, "-c", str(ck), "-w", root, "--device", "cpu"], REPO_ROOT)
+    output = _torchrun(["--config", config, "-c", str(ck), "-w", root, "--device", "cpu"], REPO_ROOT).stderr
     trained = read_checkpoint(ck / "latest_epoch.bin")
     assert trained["epoch"] == 1 and len(trained["rng"]) == 2
     assert (ck / "best_h36m.bin").is_file()
     assert not list(ck.glob(".*.tmp-*"))
-    assert len([line for line in (ck / "training_log.txt").read_text().splitlines()
-                if line.startswith("epoch")]) == 1
+    epoch_lines = [line for line in (ck / "training_log.txt").read_text().splitlines() if line.startswith("epoch")]
+    assert len(epoch_lines) == 1
+    # Rank 0 alone warns and draws bars; its bars count its own share (2 of the 4 training
+    # samples, 2 of the 3 validation samples) and end on the loss the log records for all processes.
+    assert output.count("backbone weights: none loaded") == 1
+    assert output.count("training h36m for 1 epochs") == 1
+    assert "epoch 1/1: 100%" in output and "validate 1: 100%" in output
+    assert {bar.split("|")[2].split()[0] for bar in output.replace("\r", "\n").splitlines()
+            if "100%|" in bar} == {"2/2"}
+    assert f"loss={epoch_lines[0].split('loss ')[1].split()[0]}" in output
 
     # Evaluation: 3 test samples split 2 + 1 over the processes, gathered once each;
     # the noise is seeded per sample, so the metrics equal a single process's.

@@ -51,8 +51,8 @@ def test_evaluate_writes_finite_metrics_predictions_and_figures(tiny_config, wei
     mean_error = metrics.hypothesis_error(torch.from_numpy(predictions["hypotheses"]).double(),
                                           torch.from_numpy(predictions["ground_truth"]).double())
     assert 1000 * mean_error.item() == pytest.approx(summary["mpjpe_mean_hypothesis"], rel=1e-5)
-    figures = sorted(paths.figures.glob("*.png"))
-    assert len(figures) == 2 and all(f.stat().st_size > 10_000 for f in figures)
+    figures = sorted(paths.figures.glob("s_*.png")) + [paths.figures / "summary.png"]
+    assert len(figures) == 3 and all(f.stat().st_size > 10_000 for f in figures)
 
 
 def test_evaluate_mpi_reports_pck_and_auc_on_14_and_17_joints(tiny_config, weights, tmp_path):
