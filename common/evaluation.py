@@ -54,21 +54,22 @@ def resolve_device(device):
     return torch.device(device) if device is not None else distributed.init_distributed("auto")
 
 
-def _build_seeded(model_cfg, seed):
+def _build_seeded(model_cfg, seed, heatmap_joints=0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(model_cfg)
+        return build_model(model_cfg, heatmap_joints)
 
 
-def build_networks(cfg, device):
+def build_networks(cfg, device, heatmap_joints=0):
     """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
 
     The denoiser's initial weights follow ``cfg.seed``, the same in every
     process. A config with ``weights.pretrained_backbone: false`` keeps a random
     backbone (and logs a warning); it is drawn from a fixed seed, whatever
     ``cfg.seed`` and the process, so that training and evaluation see the same one.
+    ``heatmap_joints`` = 17 also builds (and loads) the backbone's heatmap head.
     """
-    backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED)
+    backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED, heatmap_joints)
     _, denoiser = _build_seeded(cfg.model, cfg.seed)
     if cfg.weights.pretrained_backbone:
         load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"))
