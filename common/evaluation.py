@@ -22,7 +22,7 @@ from common.checkpoints import load_backbone_weights, load_snappose_weights
 from common.config import config_to_dict, output_paths
 from common.data import build_loader
 from common.diffusion import ddim_sample
-from common.metrics import MetricAccumulator
+from common.reliability import ReliabilityAccumulator
 from common.models import build_model
 from common.skeleton import ROOT_JOINT, flip_pose_3d
 from common.visualization import draw_sample
@@ -140,14 +140,14 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
         figures_dir, num_figures: draw the first ``num_figures`` samples of the
             main process as PNG files into ``figures_dir``.
     Returns:
-        (accumulator, predictions): a ``MetricAccumulator`` holding every
-        process's samples (its ``summary()`` in millimetres and percent, its
-        ``table()`` printable), and on the main process,
+        (accumulator, predictions): a ``ReliabilityAccumulator`` holding every
+        process's samples (its ``summary()`` in millimetres and percent, with the
+        hypotheses' reliability; its ``table()`` printable), and on the main process,
         if kept, {"keys" (N,), "hypotheses" (N, H, 17, 3), "ground_truth" (N, 17, 3)}
         in metres; else None.
     """
     denoiser.eval()
-    accumulator = MetricAccumulator(dataset)
+    accumulator = ReliabilityAccumulator(dataset)
     kept = {"keys": [], "hypotheses": [], "ground_truth": []}
     drawn = 0
     main = distributed.is_main_process()
@@ -166,7 +166,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
                             batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
                             title=str(batch["key"][i]))
                 drawn += 1
-    merged = MetricAccumulator(dataset)
+    merged = ReliabilityAccumulator(dataset)
     for arrays in distributed.all_gather_objects(accumulator.arrays()):
         merged.merge(arrays)
     if len(merged) == 0:
