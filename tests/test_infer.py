@@ -1,5 +1,6 @@
 """Inference on a user's images (common.infer): parity with evaluation, inputs, outputs and errors."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from common.data import shard_writer
 from common.evaluation import evaluate
 from common.geometry import image_coordinates
 from common.inference_inputs import InputError, read_image
-from common.keypoints import COCO_COPIED
+from common.keypoints import COCO_COPIED, COCO_USED, coco_to_h36m
 from common.models import build_model
 from common.synthetic import encode_sample, make_sample
 
@@ -153,7 +154,7 @@ def _h36m_keypoints_json(path, names, sample):
 
 
 def test_cli_folder_gives_one_result_per_image_with_json_npz_and_figures(trained, synthetic, tmp_path, capsys):
-    frames = _write_frames(tmp_path / "frames", synthetic)
+    frames = _write_frames(tmp_path / "frames", synthetic, count=2)
     names = [f"frame_{i:03d}.png" for i in range(len(frames))]
     keypoints = _h36m_keypoints_json(tmp_path / "kp.json", names, synthetic[1][0])
     status = infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
@@ -164,11 +165,11 @@ def test_cli_folder_gives_one_result_per_image_with_json_npz_and_figures(trained
     assert [image["image"] for image in document["images"]] == names
     assert all(len(image["persons"]) == 1 for image in document["images"])
     npz = np.load(tmp_path / "out" / "frames.npz")
-    assert npz["hypotheses"].shape == (3, 3, 17, 3) and list(npz["images"]) == names
-    assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 3
+    assert npz["hypotheses"].shape == (2, 3, 17, 3) and list(npz["images"]) == names
+    assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 2
     with Image.open(tmp_path / "out" / "frames.gif") as gif:
-        assert gif.n_frames == 3
-    assert "lifted 3 person(s) in 3 image(s)" in capsys.readouterr().out
+        assert gif.n_frames == 2
+    assert "lifted 2 person(s) in 2 image(s)" in capsys.readouterr().out
 
 
 def test_cli_gif_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
@@ -228,3 +229,52 @@ def test_coco_mapping_is_used_for_coco_keypoints():
     assert scores is None
     for h36m, source in COCO_COPIED.items():
         np.testing.assert_array_equal(pixels[h36m], coco[source])
+
+
+def test_heatmap_keypoints_map_back_to_image_pixels(trained, synthetic, monkeypatch):
+    """Keypoints found by the heatmap head land where the heatmap peaks say, in image pixels and H36M order."""
+    model = infer.load_model(trained[0], device="cpu")
+    peaks = np.random.default_rng(0).uniform([8, 8], [40, 56], (17, 2))  # COCO order, heatmap pixels (x, y)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(48.0), indexing="ij")
+    maps = torch.stack([torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 8) for x, y in peaks])[None]
+    monkeypatch.setattr(type(model), "has_heatmaps", property(lambda self: True))
+    monkeypatch.setattr(model.backbone, "heatmaps", lambda features: maps.expand(len(features[0]), -1, -1, -1),
+                        raising=False)
+    image = read_image(synthetic[2][0])
+    result = infer.lift(image, bbox=(300, 200, 300, 400), model=model, num_proposals=2)
+    assert result.keypoint_source == "heatmaps"
+    center, scale = infer.box_center_scale((300, 200, 300, 400), 1000, 1002)
+    box = scale * 200
+    # Crop pixel 4 * p is the box's left/top edge plus that share of the box (SPEC §2's crop, inverted by hand).
+    crop = coco_to_h36m(4 * peaks)
+    expected = center + (crop - np.array([191 / 2, 255 / 2])) * (box[0] - 1) / 191
+    np.testing.assert_allclose(result.keypoints_2d, expected, atol=0.05)
+    assert result.keypoint_scores.shape == (17,) and (result.keypoint_scores > 0.9).all()
+
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "coco"
+
+
+@pytest.mark.skipif(not (REAL / "test_coco.json").is_file(), reason=f"real COCO photos not found at {REAL}")
+def test_real_photos_with_coco_annotations(trained, tmp_path, caplog):
+    annotations = REAL / "test_coco.json"
+    common = [str(REAL), "--checkpoint", str(trained[0]), "--keypoints", str(annotations), "--device", "cpu",
+              "-num_proposals", "2", "-timesteps", "1", "--batch-size", "16"]
+    assert infer.main(common + ["--out", str(tmp_path / "strict")]) == 2
+    assert "missing (visibility or score 0)" in caplog.text
+    assert infer.main(common + ["--out", str(tmp_path / "out"), "--skip-incomplete"]) == 0
+    coco = json.loads(annotations.read_text())
+    names = {image["id"]: image["file_name"] for image in coco["images"]}
+    complete = [a for a in coco["annotations"] if all(a["keypoints"][3 * j + 2] > 0 for j in COCO_USED)]
+    document = json.loads((tmp_path / "out" / "coco.json").read_text())
+    persons = {image["image"]: image["persons"] for image in document["images"]}
+    assert sum(len(p) for p in persons.values()) == len(complete) > 0
+    for name in {names[a["image_id"]] for a in complete}:
+        ours = [a for a in complete if names[a["image_id"]] == name]
+        for annotation, person in zip(ours, persons[name]):
+            keypoints = np.array(annotation["keypoints"], dtype=np.float64).reshape(17, 3)[:, :2]
+            h36m = np.array(person["keypoints_2d"])
+            np.testing.assert_allclose(h36m[0], (keypoints[11] + keypoints[12]) / 2, atol=1e-3)  # mid-hips
+            np.testing.assert_allclose(h36m[8], (keypoints[5] + keypoints[6]) / 2, atol=1e-3)  # mid-shoulders
+            x, y, w, h = annotation["bbox"]  # the crop is centred on the person's box
+            np.testing.assert_allclose(person["center"], [x + w / 2, y + h / 2], atol=1e-3)
