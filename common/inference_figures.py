@@ -16,7 +16,7 @@ from PIL import Image
 from common.geometry import PIXEL_STD
 from common.skeleton import LEFT_JOINTS, PARENTS, RIGHT_JOINTS
 
-VIEWPOINTS = ((12.0, -70.0), (12.0, 20.0))  # (elevation, azimuth): front-left and side
+VIEWPOINTS = (("front", 12.0, -70.0), ("side", 12.0, 20.0))  # (name, elevation, azimuth)
 SPREAD_COLORMAP = "plasma"
 _BONES = [(j, p) for j, p in enumerate(PARENTS) if p >= 0]
 
@@ -43,13 +43,18 @@ def render_lift(image, result, title=None, dpi=100):
     for j, p in _BONES:
         ax.plot(keypoints[[j, p], 0], keypoints[[j, p], 1], color=_side_colour(j), linewidth=2)
     ax.scatter(keypoints[:, 0], keypoints[:, 1], s=10, color="yellow", zorder=3)
-    ax.set_title(f"2D keypoints ({result.keypoint_source})", fontsize=10)
+    # Zoomed on the box (already padded around the person), within the image.
+    height, width = image.shape[:2]
+    low, high = result.center - 0.55 * size, result.center + 0.55 * size
+    ax.set_xlim(max(low[0], -0.5), min(high[0], width - 0.5))
+    ax.set_ylim(min(high[1], height - 0.5), max(low[1], -0.5))
+    ax.set_title(f"image, box and 2D keypoints ({result.keypoint_source})", fontsize=10)
     ax.axis("off")
 
     spread = result.spread_mm
     limit = max(1.1 * float(np.abs(result.mean).max()), 0.1)
     scatter = None
-    for index, (elevation, azimuth) in enumerate(VIEWPOINTS):
+    for index, (view, elevation, azimuth) in enumerate(VIEWPOINTS):
         ax = figure.add_subplot(1, 3, index + 2, projection="3d")
         for pose in result.hypotheses:
             for j, p in _BONES:
@@ -65,12 +70,12 @@ def render_lift(image, result, title=None, dpi=100):
         ax.set_xticklabels([])
         ax.set_yticklabels([])
         ax.set_zticklabels([])
-        ax.set_title(f"3D: mean and {len(result.hypotheses)} hypotheses", fontsize=10)
-    bar = figure.colorbar(scatter, ax=figure.axes[1:], shrink=0.7, pad=0.02)
+        ax.set_title(f"3D {view}: mean (colours), {len(result.hypotheses)} hypotheses (grey)", fontsize=10)
+    figure.subplots_adjust(left=0.01, right=0.9, bottom=0.03, top=0.88, wspace=0.02)
+    bar = figure.colorbar(scatter, cax=figure.add_axes([0.915, 0.18, 0.012, 0.6]))
     bar.set_label("spread of the hypotheses (mm)")
     if title:
         figure.suptitle(title, fontsize=11)
-    figure.subplots_adjust(left=0.01, right=0.9, bottom=0.03, top=0.88, wspace=0.02)
     return figure
 
 
