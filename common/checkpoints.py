@@ -13,18 +13,23 @@ Layouts (names and shapes of each are listed in the specification's key lists):
   ``{"epoch", "lr", "optimizer", "model_pos": state_dict}``, possibly with
   ``module.`` / ``_orig_mod.`` prefixes from a wrapped model.
 
+Every file is read without running code from it (``read_checkpoint``) unless
+the caller trusts it explicitly.
+
 Unlike the original code (``strict=False``), a missing, unexpected or
 mis-shaped tensor is an error that names it and the file.
 """
+import glob
 import os
 import pickle
-import warnings
+import re
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from common import safe_pickle
 from common.denoiser import CONTEXT_PREFIXES
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -37,21 +42,30 @@ class CheckpointError(ValueError):
     """A weight file that is not what the loader expects (format, names or shapes)."""
 
 
-def read_checkpoint(path, trust_pickle=True):
-    """Load a checkpoint file onto the CPU.
+TRUST_HINT = ("If you trust where the file comes from, pass --trust-checkpoint (trust=True in Python) to "
+              "unpickle it fully, which lets it run code")
 
-    Tries ``torch.load(weights_only=True)`` first. Files that pickle other
-    objects (e.g. numpy scalars in the released ones) need full unpickling,
-    which can run code from the file: with ``trust_pickle`` it is done with a
-    warning, otherwise it is refused.
+
+def read_checkpoint(path, trust=False):
+    """Load a checkpoint file onto the CPU without running code from it.
+
+    The file is read with ``torch.load(weights_only=True)``, which builds only
+    tensors, containers and numbers, plus the numpy arrays, scalars and dtypes
+    of ``common.safe_pickle.torch_safe_globals`` (older checkpoints keep e.g.
+    the learning rate as a numpy scalar). Anything else is refused; ``trust``
+    unpickles the file fully instead, which can run code from it: only for
+    files from a trusted source. There is no fallback from one to the other.
 
     Returns:
         the loaded object (a dict for every supported layout).
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the file is not a PyTorch checkpoint, or not a dict.
+        CheckpointError: a directory, not a PyTorch checkpoint, not a dict, or
+            (without ``trust``) an object outside the allow-list.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, expected a weight file (e.g. best_h36m.bin inside it)")
     if not path.is_file():
         raise FileNotFoundError(
             f"weight file {path} not found: download the released weights (PoseHRNet, "
@@ -59,22 +73,28 @@ def read_checkpoint(path, trust_pickle=True):
     if not _looks_like_torch_file(path):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if trust:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(safe_pickle.torch_safe_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
             raise CheckpointError(f"{path} is not a PyTorch checkpoint ({error})") from error
-        if not trust_pickle:
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors and trust_pickle is False: "
-                f"load it only if you trust its source") from error
-        warnings.warn(f"{path} holds Python objects besides tensors; unpickling it fully (trusted source assumed)",
-                      stacklevel=2)
-        obj = _load_unsafe(path)
+        raise CheckpointError(f"{path} holds {_refused_object(error)}, which weight files do not need and "
+                              f"which could run code: not loaded. {TRUST_HINT}.") from None
     except Exception as error:  # torch.load raises many types for corrupt or foreign files
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or checkpoint)")
     return obj
+
+
+def _refused_object(error):
+    """What torch's weights-only unpickler refused, from its message (which names it in one of two ways)."""
+    text = str(error)
+    match = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Can only build .*?but got (<[^>]*>)", text)
+    return f"the Python object {match.group(1)}" if match else "Python objects besides tensors"
 
 
 def _looks_like_torch_file(path):
@@ -85,11 +105,10 @@ def _looks_like_torch_file(path):
         return f.read(1) == b"\x80"
 
 
-def _load_unsafe(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {error})") from error
+def nonfinite_tensors(state):
+    """Names of the floating-point tensors of a state dict that hold NaN or infinity."""
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def strip_wrapper_prefixes(state_dict):
@@ -120,7 +139,7 @@ def _listing(names):
 
 
 def _check_tensors(expected, found, path, what, hint=""):
-    """Raise CheckpointError unless ``found`` has exactly the names and shapes of ``expected``."""
+    """Raise CheckpointError unless ``found`` has exactly the names and shapes of ``expected``, all finite."""
     problems = []
     missing = expected.keys() - found.keys()
     unexpected = found.keys() - expected.keys()
@@ -135,19 +154,24 @@ def _check_tensors(expected, found, path, what, hint=""):
         problems.append(f"tensor {name} has shape {shape}, the model expects {tuple(expected[name].shape)}")
     if problems:
         raise CheckpointError(f"{path} does not fit the {what}: " + "; ".join(problems) + (f". {hint}" if hint else ""))
+    bad = nonfinite_tensors(found)
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} of {len(found)} tensors hold NaN or infinite values "
+                              f"({_listing(bad)}); the run that wrote it diverged: use an earlier checkpoint")
 
 
-def load_backbone_weights(backbone, path):
+def load_backbone_weights(backbone, path, trust=False):
     """Load a released PoseHRNet file (or the HRNet inside a CA-PF file) into ``backbone``.
 
     ``final_layer`` (the heatmap head) is loaded when ``backbone`` has one
     (then the file must hold it) and ignored otherwise. Returns ``backbone``.
+    ``trust``: unpickle fully (see ``read_checkpoint``).
 
     Raises:
         CheckpointError: not a checkpoint, or a tensor missing / unexpected / mis-shaped
             (e.g. a W48 file for a W32 network).
     """
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, trust)
     if isinstance(obj.get("model"), dict):  # a CA-PF file carries its HRNet under backbone.
         inner = strip_wrapper_prefixes(obj["model"])
         state = {name[len("backbone."):]: t for name, t in inner.items() if name.startswith("backbone.")}
@@ -172,16 +196,17 @@ def load_backbone_weights(backbone, path):
     return backbone
 
 
-def load_context_weights(denoiser, path):
+def load_context_weights(denoiser, path, trust=False):
     """Load coord_embed, feat_embed, Spatial_pos_embed and context_blocks from a CA-PF file, then freeze them.
 
     Returns:
         sorted list of the denoiser's state-dict names that were loaded.
+    ``trust``: unpickle fully (see ``read_checkpoint``).
     Raises:
         CheckpointError: not a CA-PF file (no ``model`` dict with a
             volume_net / pose_estimator lifter), or a context tensor missing or mis-shaped.
     """
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, trust)
     if not isinstance(obj.get("model"), dict):
         raise CheckpointError(
             f"{path} is not a Context-Aware PoseFormer file (*_nips_retrain.bin): it has no 'model' "
@@ -202,16 +227,17 @@ def load_context_weights(denoiser, path):
     return sorted(state)
 
 
-def load_snappose_weights(denoiser, path):
+def load_snappose_weights(denoiser, path, trust=False):
     """Load a SnapPose checkpoint (released ``best_*.bin`` or one written by ``save_checkpoint``).
 
     A plain state dict is accepted too. Returns the checkpoint dict (epoch, lr,
     optimizer state and any extra keys, ``model_pos`` included).
+    ``trust``: unpickle fully (see ``read_checkpoint``).
 
     Raises:
         CheckpointError: not a checkpoint, a CA-PF file, or a tensor missing / unexpected / mis-shaped.
     """
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, trust)
     if "model_pos" in obj:
         state = obj["model_pos"]
     elif "model" in obj:
@@ -238,6 +264,8 @@ def save_checkpoint(path, denoiser, optimizer=None, epoch=0, lr=None, **extra):
     The file is written beside ``path`` under a temporary name and moved into
     place with ``os.replace``, so an interrupted save never leaves a truncated
     checkpoint. Wrapper prefixes are not written (the model is unwrapped).
+    Weights holding NaN or infinity are never written (CheckpointError), so a
+    diverged run cannot replace a good file.
     ``optimizer`` is stored as its ``state_dict()`` (or None).
 
     Returns:
@@ -247,18 +275,45 @@ def save_checkpoint(path, denoiser, optimizer=None, epoch=0, lr=None, **extra):
     if clashes:
         raise ValueError(f"extra checkpoint keys {sorted(clashes)} clash with {SNAPPOSE_RESERVED_KEYS}")
     path = Path(path)
+    state = unwrap_model(denoiser).state_dict()
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: {len(bad)} of {len(state)} tensors of the model hold "
+                              f"NaN or infinite values ({_listing(bad)}); the files already there are kept")
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "epoch": epoch,
         "lr": lr,
         "optimizer": None if optimizer is None else optimizer.state_dict(),
-        "model_pos": unwrap_model(denoiser).state_dict(),
+        "model_pos": state,
         **extra,
     }
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(checkpoint, temporary)
+        with open(temporary, "wb") as stream:
+            torch.save(checkpoint, stream)
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before the rename, so even a power cut leaves one whole file
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+    _remove_orphaned_temporaries(path)
     return path
+
+
+def _remove_orphaned_temporaries(path):
+    """Delete the temporary files of saves that were killed (kill -9, power cut) before their rename."""
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = orphan.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

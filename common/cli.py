@@ -11,10 +11,12 @@ Precedence: defaults < ``--config`` YAML < flags given on the command line.
 import argparse
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from common import distributed
-from common.config import ConfigError, load_config
+from common.config import ConfigError, load_config, output_paths
+from common.runlock import RunLockError, check_output_dir, run_lock
 
 DATASET_TITLES = {"h36m": "Human3.6M", "mpi": "MPI-INF-3DHP"}
 
@@ -97,6 +99,9 @@ def build_parser(dataset):
     new.add_argument("--no-flip-test", action="store_true", help="evaluate the original view only")
     new.add_argument("--skip-bad", action="store_true",
                      help="skip malformed samples (counted and reported) instead of stopping")
+    new.add_argument("--trust-checkpoint", action="store_true",
+                     help="unpickle weight files fully, which lets them run code: only for files from a source "
+                          "you trust that are refused otherwise")
     return parser
 
 
@@ -122,17 +127,41 @@ def resolve_checkpoint_file(name, checkpoint_dir, flag):
     inside = Path(checkpoint_dir) / name
     if inside.is_file():
         return inside
+    folder = next((p for p in (path, inside) if p.is_dir()), None)
+    if folder is not None:
+        raise FileNotFoundError(f"{flag} {name}: {folder} is a folder, expected a checkpoint file "
+                                f"(e.g. {folder / 'best_h36m.bin'})")
     raise FileNotFoundError(f"{flag} {name}: no such file, neither as given nor as {inside}; "
                             f"pass an existing SnapPose checkpoint (e.g. best_h36m.bin, latest_epoch.bin) "
                             f"or the -c directory that holds it")
+
+
+@contextmanager
+def _output_lock(cfg, purpose):
+    """Lock ``-c`` for ``purpose`` and check the other output folders (main process only), before any work."""
+    if not distributed.is_main_process():
+        yield
+        return
+    paths = output_paths(cfg)
+    with run_lock(paths.checkpoint_dir, purpose):
+        if purpose == "training":
+            check_output_dir(paths.tensorboard, "TensorBoard folder (-l)")
+        elif paths.predictions is not None:
+            if paths.predictions.is_dir():
+                raise RunLockError(f"--save-predictions {paths.predictions} is a folder, expected a file name "
+                                   f"(e.g. {paths.predictions / 'predictions.npz'})")
+            check_output_dir(paths.predictions.parent, "predictions folder (-s / --save-predictions)")
+        yield
 
 
 def main(dataset, argv=None):
     """Parse ``argv`` and train or evaluate on ``dataset`` ("h36m" or "mpi").
 
     Returns:
-        Process exit status: 0 on success, 2 for bad configuration or missing
-        files, 130 after an interruption (latest_epoch.bin saved).
+        Process exit status: 0 on success, 1 when training diverged (non-finite
+        loss or gradient), 2 for bad configuration, missing or refused files,
+        bad shards (see --skip-bad) or an output folder in use or not writable,
+        130 after an interruption (latest_epoch.bin saved).
     """
     parser = build_parser(dataset)
     args = parser.parse_args(argv)
@@ -150,23 +179,29 @@ def main(dataset, argv=None):
 
     # Imported here so that --help and configuration errors answer without loading the model code.
     from common.checkpoints import CheckpointError
+    from common.data import ShardDataError
     from common.evaluation import evaluate
-    from common.training import train
+    from common.training import TrainingDivergedError, train
 
     device = distributed.init_distributed(cfg.device)
     if not distributed.is_main_process():
         logging.getLogger().setLevel(logging.WARNING)
+    trust = args.trust_checkpoint
     try:
-        if evaluate_file is not None:
-            evaluate(cfg, evaluate_file, device=device)
-        else:
-            train(cfg, resume=resume_file, device=device)
+        with _output_lock(cfg, "evaluation" if evaluate_file is not None else "training"):
+            if evaluate_file is not None:
+                evaluate(cfg, evaluate_file, device=device, trust_checkpoint=trust)
+            else:
+                train(cfg, resume=resume_file, device=device, trust_checkpoint=trust)
     except KeyboardInterrupt:
         log.warning("interrupted; resume with -r latest_epoch.bin -c %s", cfg.checkpoint)
         return 130
-    except (CheckpointError, FileNotFoundError, ConfigError) as error:
+    except (CheckpointError, FileNotFoundError, ConfigError, ShardDataError, RunLockError) as error:
         log.error("%s", error)
         return 2
+    except TrainingDivergedError as error:
+        log.error("%s", error)
+        return 1
     finally:
         distributed.cleanup_distributed()
     return 0

@@ -16,6 +16,8 @@ Example (the defaults of the original Human3.6M run)::
     evaluation: {num_proposals: 20, timesteps: 20, flip_test: true}
 """
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,12 @@ class TrainConfig:
     warmup_steps: linear learning-rate warm-up over this many optimizer steps
         (0, the original: none).
     grad_clip: clip the gradient norm to this value (None, the original: no clipping).
+        A step whose loss or gradient is not finite stops training with an
+        error; with ``grad_clip`` set, such a step is skipped and counted instead.
+    checkpoint_minutes: also write ``latest_epoch.bin`` within an epoch once
+        this many minutes have passed since the last write, so that a killed
+        run loses at most that much (resuming continues exactly); 0: only at
+        epoch ends.
     cache_features: keep each training sample's backbone features, keypoints
         and target in memory after the first epoch and train later epochs from
         there (shuffled), skipping image decoding and the backbone. For small
@@ -117,6 +125,7 @@ class TrainConfig:
     val_proposals: int = 20
     warmup_steps: int = 0
     grad_clip: typing.Optional[float] = None
+    checkpoint_minutes: float = 15.0
     cache_features: bool = False
 
 
@@ -237,6 +246,8 @@ def load_config(path=None, overrides=None, dataset=None):
     values = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; pass a YAML file to --config (examples are in config/)")
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config "
                               f"(examples are in config/)")
@@ -294,7 +305,7 @@ def validate(cfg):
             raise ConfigError(f"config key '{key}' = {value!r} is invalid; expected {allowed}")
 
     need(cfg.dataset in DATASETS, "dataset", cfg.dataset, f"one of {', '.join(DATASETS)}")
-    need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None,
          "device", cfg.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     for key in ("batch_size", "eval_batch_size", "shuffle_buffer"):
         value = getattr(cfg.data, key)
@@ -305,7 +316,7 @@ def validate(cfg):
         need(value is None or value >= 1, f"data.{key}", value, "null or an integer >= 1")
     t = cfg.train
     need(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
-    need(t.lr > 0, "train.lr", t.lr, "a positive number")
+    need(math.isfinite(t.lr) and t.lr > 0, "train.lr", t.lr, "a positive finite number")
     need(0 < t.lr_decay <= 1, "train.lr_decay", t.lr_decay, "a number in (0, 1]")
     need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
     need(t.num_train_timesteps >= 1, "train.num_train_timesteps", t.num_train_timesteps, "an integer >= 1")
@@ -315,7 +326,9 @@ def validate(cfg):
          f"an integer in [1, num_train_timesteps={t.num_train_timesteps}]")
     need(t.val_proposals >= 1, "train.val_proposals", t.val_proposals, "an integer >= 1")
     need(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
-    need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "null or a positive number")
+    need(t.grad_clip is None or (math.isfinite(t.grad_clip) and t.grad_clip > 0), "train.grad_clip", t.grad_clip,
+         "null or a positive finite number")
+    need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", t.checkpoint_minutes, "a number >= 0")
     e = cfg.evaluation
     need(e.num_proposals >= 1, "evaluation.num_proposals", e.num_proposals, "an integer >= 1")
     need(1 <= e.timesteps <= t.num_train_timesteps, "evaluation.timesteps", e.timesteps,

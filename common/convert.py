@@ -46,6 +46,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from common import safe_pickle
 from common.data import PARTIAL_SUFFIX, shard_writer
 from common.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
 
@@ -151,10 +152,14 @@ def check_frame(data):
 def _load_labels(path):
     try:
         with open(path, "rb") as handle:
-            labels = pickle.load(handle)
+            labels = safe_pickle.load(handle)
     except FileNotFoundError:
         raise ConversionError(f"label file {path} does not exist; it is Context-Aware PoseFormer's "
                               "h36m_train.pkl or h36m_validation.pkl") from None
+    except safe_pickle.RefusedGlobal as exn:
+        raise ConversionError(f"label file {path} asks for {exn.name}, which labels never need and which "
+                              "could run code: refused (only lists, dicts, numbers, strings and numpy arrays "
+                              "are read)") from exn
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exn:
         raise ConversionError(f"label file {path} does not unpickle ({type(exn).__name__}: {exn}); "
                               "expected CA-PF's pickled list of per-frame dicts") from exn

@@ -1,9 +1,10 @@
 """Reading the released WebDataset shards of Human3.6M and MPI-INF-3DHP (SPEC §2).
 
 A shard is a tar of samples ``<key>.jpg|png`` + ``<key>.pyd`` (a pickled dict of
-numpy arrays). ``decode_sample`` turns one raw sample into model inputs and
-targets; ``build_loader`` streams batches of them through a WebDataset pipeline
-(shard list -> split by process and worker -> tar reading -> shuffle -> decode ->
+numpy arrays, read with ``common.safe_pickle`` so that it cannot run code).
+``decode_sample`` turns one raw sample into model inputs and targets;
+``build_loader`` streams batches of them through a WebDataset pipeline (shard
+list -> split by process and worker -> tar reading -> shuffle -> decode ->
 batch), optionally in DataLoader worker processes.
 
 Units and coordinates of a decoded sample:
@@ -16,14 +17,13 @@ In evaluation the image and 2D inputs gain a leading axis of 2: the original
 view and its horizontal flip; the 3D target stays unflipped.
 
 Bad data (unreadable tar, undecodable image, missing field, wrong shape,
-non-finite values) raises ``ShardDataError`` naming the shard and the key; with
+non-finite values, a crop box off the frame, a pyd that asks to run code) raises ``ShardDataError`` naming the shard and the key; with
 ``skip_bad=True`` the loader skips such samples, counts them and logs a summary
 at the end of each pass (``ShardLoader.skipped``).
 """
 import io
 import logging
 import os
-import pickle
 import re
 from collections import namedtuple
 from contextlib import contextmanager
@@ -34,7 +34,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from common.geometry import CROP_HEIGHT, CROP_WIDTH, crop_image
+from common import safe_pickle
+from common.geometry import CROP_HEIGHT, CROP_WIDTH, PIXEL_STD, crop_image
 from common.skeleton import NUM_JOINTS, flip_keypoints_crop, flip_keypoints_normalized, flip_pose_3d
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ MPI_FIELDS = {
     "joints_2d_crop": (NUM_JOINTS, 2),
 }
 
+# Sides of a sensible crop box, in frame pixels: at least a few pixels, at most ten frames.
+MIN_BOX_PIXELS = 4
+MAX_BOX_FRAMES = 10
+
 TENSOR_FIELDS = ("image", "keypoints_3d", "keypoints_2d", "keypoints_2d_crop", "ref")
 DEFAULT_SPLITS = {("h36m", True): "train", ("h36m", False): "validation",
                   ("mpi", True): "train", ("mpi", False): "test"}
@@ -81,8 +86,8 @@ class ShardDataError(ValueError):
 def _bad(shard, key, problem):
     where = f"shard {shard}" if key is None else f"shard {shard}, sample {key!r}"
     return ShardDataError(
-        f"{where}: {problem}. Re-create or re-download that shard, or pass skip_bad=True "
-        "to skip bad samples and report them at the end.",
+        f"{where}: {problem}. Re-create or re-download that shard, or pass --skip-bad "
+        "(skip_bad=True in Python) to skip bad samples and report them at the end.",
         shard=shard, key=key, problem=problem)
 
 
@@ -144,7 +149,11 @@ def _read_fields(sample, shard, key, fields):
         found = sorted(k for k in sample if not k.startswith("__"))
         raise _bad(shard, key, f"no 'pyd' entry (pickled labels), found {found}")
     try:
-        labels = pickle.loads(sample["pyd"])
+        labels = safe_pickle.loads(sample["pyd"])
+    except safe_pickle.RefusedGlobal as exn:
+        raise _bad(shard, key, f"the pyd entry asks for {exn.name}, which labels never need and which could "
+                               "run code: refused (only dicts, lists, numbers, strings and numpy arrays are read)"
+                   ) from exn
     except Exception as exn:
         raise _bad(shard, key, f"the pyd entry does not unpickle ({type(exn).__name__}: {exn})") from exn
     if not isinstance(labels, dict):
@@ -163,6 +172,26 @@ def _read_fields(sample, shard, key, fields):
             raise _bad(shard, key, f"pyd field {name!r} holds NaN or infinite values")
         arrays[name] = value
     return arrays
+
+
+def _check_box(center, scale, frame_shape, shard, key):
+    """Raise ShardDataError unless the HRNet box is a sensible size and overlaps the frame.
+
+    A box off the frame crops black; a tiny or huge one shrinks or blows up the
+    person beyond anything the network saw: either would change the metrics silently.
+    """
+    height, width = frame_shape[:2]
+    size = scale * PIXEL_STD  # (2,) box width and height in frame pixels
+    largest = MAX_BOX_FRAMES * max(width, height)
+    if not ((size >= MIN_BOX_PIXELS) & (size <= largest)).all():
+        raise _bad(shard, key, f"pyd field 'scale' {scale.tolist()} gives a {size[0]:.4g} x {size[1]:.4g} px "
+                               f"crop box; expected sides of {MIN_BOX_PIXELS} to {largest} px for this "
+                               f"{width}x{height} frame")
+    low, high = center - size / 2, center + size / 2
+    if high[0] <= 0 or high[1] <= 0 or low[0] >= width or low[1] >= height:
+        raise _bad(shard, key, f"the crop box (pyd 'center' {center.tolist()}, 'scale' {scale.tolist()}) spans "
+                               f"x {low[0]:.4g}..{high[0]:.4g}, y {low[1]:.4g}..{high[1]:.4g} px and does not "
+                               f"overlap the {width}x{height} frame")
 
 
 def _root_relative_metres(joints_3d, millimetres):
@@ -224,8 +253,7 @@ def _decode(sample, dataset, train, rng, shard, key):
     if dataset == "h36m":
         arrays = _read_fields(sample, shard, key, H36M_FIELDS)
         frame = _read_image(sample, shard, key)
-        if not arrays["scale"][0] * 200 > 1:
-            raise _bad(shard, key, f"pyd field 'scale' {arrays['scale'].tolist()} gives an empty crop box")
+        _check_box(arrays["center"], arrays["scale"], frame.shape, shard, key)
         crop = crop_image(frame, arrays["center"], arrays["scale"])
         joints_3d, joints_2d, joints_crop = (arrays[n] for n in ("joints_3d", "joints_2d_cpn", "joints_2d_cpn_crop"))
         millimetres = False

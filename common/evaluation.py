@@ -42,8 +42,11 @@ WEIGHT_SOURCES = {
 
 def require_weight_file(path, kind):
     """Raise FileNotFoundError naming ``path``, what the file is and how to point elsewhere."""
+    what, flag = WEIGHT_SOURCES[kind]
+    if Path(path).is_dir():
+        raise FileNotFoundError(f"weight file {path} is a folder; it should be the file holding {what} "
+                                f"(pass the file itself with {flag})")
     if not Path(path).is_file():
-        what, flag = WEIGHT_SOURCES[kind]
         raise FileNotFoundError(
             f"weight file {path} not found: it should hold {what}. Put it there, pass its path with "
             f"{flag}, or set weights.pretrained_{kind}: false in the config to run with random weights")
@@ -60,19 +63,20 @@ def _build_seeded(model_cfg, seed, heatmap_joints=0):
         return build_model(model_cfg, heatmap_joints)
 
 
-def build_networks(cfg, device, heatmap_joints=0):
+def build_networks(cfg, device, trust_checkpoint=False, heatmap_joints=0):
     """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
 
     The denoiser's initial weights follow ``cfg.seed``, the same in every
     process. A config with ``weights.pretrained_backbone: false`` keeps a random
     backbone (and logs a warning); it is drawn from a fixed seed, whatever
     ``cfg.seed`` and the process, so that training and evaluation see the same one.
+    ``trust_checkpoint`` unpickles the weight file fully (see ``checkpoints.read_checkpoint``).
     ``heatmap_joints`` = 17 also builds (and loads) the backbone's heatmap head.
     """
     backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED, heatmap_joints)
     _, denoiser = _build_seeded(cfg.model, cfg.seed)
     if cfg.weights.pretrained_backbone:
-        load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"))
+        load_backbone_weights(backbone, require_weight_file(cfg.weights.backbone, "backbone"), trust_checkpoint)
     else:
         log.warning("backbone weights: none loaded (weights.pretrained_backbone is false); "
                     "the backbone is random, which suits synthetic data only")
@@ -194,7 +198,7 @@ def write_predictions(path, predictions):
     return path
 
 
-def evaluate(cfg, weights, device=None):
+def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     """Evaluate the SnapPose checkpoint ``weights`` on the test split of ``cfg.data.root``.
 
     Prints the metrics table and, on the main process, writes ``metrics.json``
@@ -205,6 +209,8 @@ def evaluate(cfg, weights, device=None):
         cfg: Config; uses data, model, weights.backbone, evaluation, seed.
         weights: SnapPose checkpoint file (``best_h36m.bin``, ``latest_epoch.bin``, ...).
         device: torch.device; None initialises (distributed) from the environment.
+        trust_checkpoint: unpickle the weight files fully, which can run code from
+            them (see ``checkpoints.read_checkpoint``); only for trusted files.
     Returns:
         The metrics summary dict (millimetres; PCK and AUC in percent), with
         "checkpoint", "epoch", the sampling settings and "skipped_samples"
@@ -212,8 +218,8 @@ def evaluate(cfg, weights, device=None):
     """
     device = resolve_device(device)
     paths = output_paths(cfg)
-    backbone, denoiser = build_networks(cfg, device)
-    checkpoint = load_snappose_weights(denoiser, weights)
+    backbone, denoiser = build_networks(cfg, device, trust_checkpoint)
+    checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
     e = cfg.evaluation
     loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,

@@ -115,7 +115,7 @@ class LiftResult:
         }
 
 
-def resolve_config(checkpoint, config=None):
+def resolve_config(checkpoint, config=None, trust_checkpoint=False):
     """The configuration a checkpoint was trained with.
 
     ``config`` (a Config or a YAML path) wins; else the one training stored in
@@ -126,7 +126,7 @@ def resolve_config(checkpoint, config=None):
         return config
     if config is not None:
         return load_config(config)
-    stored = read_checkpoint(checkpoint).get("config")
+    stored = read_checkpoint(checkpoint, trust_checkpoint).get("config")
     if isinstance(stored, dict):
         return config_from_dict(stored)
     beside = Path(checkpoint).with_name("config.yaml")
@@ -135,7 +135,7 @@ def resolve_config(checkpoint, config=None):
     return Config()
 
 
-def load_model(checkpoint, config=None, device=None, backbone_weights=None, heatmaps=True):
+def load_model(checkpoint, config=None, device=None, backbone_weights=None, heatmaps=True, trust_checkpoint=False):
     """Rebuild a SnapPose model exactly as it was trained and load its weights.
 
     The networks are built by ``evaluation.build_networks``, as training and
@@ -149,16 +149,18 @@ def load_model(checkpoint, config=None, device=None, backbone_weights=None, heat
         backbone_weights: PoseHRNet file, overriding the config's ``weights.backbone``.
         heatmaps: also load the backbone's heatmap head (``final_layer``), which
             finding 2D keypoints needs; only for a pretrained backbone.
+        trust_checkpoint: unpickle the weight files fully, which can run code from
+            them (see ``checkpoints.read_checkpoint``); only for files you trust.
     Returns:
         LiftingModel in eval mode.
     """
-    cfg = resolve_config(checkpoint, config)
+    cfg = resolve_config(checkpoint, config, trust_checkpoint)
     if backbone_weights is not None:
         cfg.weights.backbone = str(backbone_weights)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     head = HEATMAP_JOINTS if heatmaps and cfg.weights.pretrained_backbone else 0
-    backbone, denoiser = build_networks(cfg, device, heatmap_joints=head)
-    load_snappose_weights(denoiser, checkpoint)
+    backbone, denoiser = build_networks(cfg, device, trust_checkpoint, heatmap_joints=head)
+    load_snappose_weights(denoiser, checkpoint, trust_checkpoint)
     denoiser.eval()
     return LiftingModel(backbone, denoiser, cfg, device)
 
@@ -352,6 +354,9 @@ def build_parser():
                                          "else the released model's)")
     parser.add_argument("--backbone-weights", metavar="FILE",
                         help="PoseHRNet-W32 weights (default: the config's, checkpoint/pose_hrnet_w32_256x192.pth)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle weight files fully (can run code from them): only for files you trust "
+                             "that are refused otherwise")
     parser.add_argument("--out", default="inference_output", help="folder for JSON, npz, figures and animation")
     parser.add_argument("--bbox", type=float, nargs=4, metavar=("X", "Y", "W", "H"),
                         help="person box in pixels, for every image (default: whole image)")
@@ -434,7 +439,7 @@ def run(args):
     annotations = read_annotations(args.keypoints, args.keypoint_format) if args.keypoints else None
     boxes = read_annotations(args.boxes, args.keypoint_format) if args.boxes else None
     model = load_model(args.checkpoint, args.config, args.device, args.backbone_weights,
-                       heatmaps=args.keypoints is None)
+                       heatmaps=args.keypoints is None, trust_checkpoint=args.trust_checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).stem if kind != "folder" else Path(args.input).resolve().name

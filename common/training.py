@@ -16,9 +16,11 @@ generator, and the resolved configuration. Resuming restores them and skips
 the batches already done, so a resumed run continues as if never stopped.
 """
 import logging
+import math
 import random
 import signal
 import time
+from pathlib import Path
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 
 # The validation metric that decides ``best_<dataset>.bin`` (millimetres).
 BEST_METRIC = "mpjpe_mean_hypothesis"
+
+
+class TrainingDivergedError(RuntimeError):
+    """A non-finite loss or gradient (or weights) stopped training; the checkpoints on disk are untouched."""
 
 
 def seed_everything(seed):
@@ -98,6 +104,7 @@ class _State:
         self.global_step = 0
         self.best = float("inf")
         self.loss_sum = 0.0
+        self.skipped_steps = 0  # non-finite steps skipped in this epoch (with grad_clip)
 
 
 class FeatureCache:
@@ -157,7 +164,7 @@ def _log_line(path, text):
         handle.write(text + "\n")
 
 
-def train(cfg, resume=None, device=None):
+def train(cfg, resume=None, device=None, trust_checkpoint=False):
     """Train the denoiser as configured; returns the path of ``best_<dataset>.bin`` (or latest).
 
     Args:
@@ -165,11 +172,15 @@ def train(cfg, resume=None, device=None):
         resume: a checkpoint written by this function (``latest_epoch.bin``) to
             continue from; None starts afresh (from the CA-PF context weights).
         device: torch.device; None initialises (distributed) from the environment.
+        trust_checkpoint: unpickle the weight files fully, which can run code from
+            them (see ``checkpoints.read_checkpoint``); only for trusted files.
     Returns:
         Path of the best checkpoint, or of ``latest_epoch.bin`` if validation is off.
     Raises:
         KeyboardInterrupt: after saving ``latest_epoch.bin`` on Ctrl-C or SIGTERM.
         FileNotFoundError: a weight file is missing.
+        TrainingDivergedError: a non-finite loss or gradient without ``train.grad_clip``
+            (nothing is saved, so the last good checkpoints stay).
     """
     device = resolve_device(device)
     paths = output_paths(cfg)
@@ -177,11 +188,11 @@ def train(cfg, resume=None, device=None):
     rank, world = distributed.get_rank(), distributed.get_world_size()
     seed_everything(cfg.seed + rank)
 
-    backbone, denoiser = build_networks(cfg, device)
+    backbone, denoiser = build_networks(cfg, device, trust_checkpoint)
     # Also when resuming: loading freezes the CA-PF parts, so the optimizer sees
     # the same parameters as in the run that wrote the checkpoint.
     if cfg.weights.pretrained_context:
-        load_context_weights(denoiser, require_weight_file(cfg.context_weights, "context"))
+        load_context_weights(denoiser, require_weight_file(cfg.context_weights, "context"), trust_checkpoint)
     else:
         log.warning("context weights: none loaded (weights.pretrained_context is false); the context "
                     "blocks start random and are trained")
@@ -192,7 +203,12 @@ def train(cfg, resume=None, device=None):
     state = _State()
     pending_rng = None
     if resume is not None:
-        pending_rng = _restore(resume, denoiser, optimizer, generator, state, rank, world, cfg)
+        pending_rng = _restore(resume, denoiser, optimizer, generator, state, rank, world, trust_checkpoint)
+        if state.epoch >= cfg.train.epochs:
+            log.warning("%s has finished %d epochs and -e (train.epochs) is %d: nothing to train, nothing "
+                        "written. To train further, give the total number of epochs, e.g. -e %d",
+                        resume, state.epoch, cfg.train.epochs, state.epoch + 10)
+            return paths.best if paths.best.is_file() else Path(resume)
     lr = optimizer.param_groups[0]["lr"]
     model = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None) \
         if distributed.is_distributed() else denoiser
@@ -225,7 +241,9 @@ def train(cfg, resume=None, device=None):
                             step_in_epoch=state.step_in_epoch, global_step=state.global_step,
                             loss_sum=state.loss_sum, rng=rng, config=config_to_dict(cfg), **extra)
         distributed.barrier()
+        saver.saved()
 
+    saver = _TimedSaver(cfg.train.checkpoint_minutes)
     try:
         with sigterm_as_interrupt():
             while state.epoch < cfg.train.epochs:
@@ -260,9 +278,16 @@ def train(cfg, resume=None, device=None):
                             if cfg.train.warmup_steps else lr
                         _set_lr(optimizer, step_lr)
                         loss = _train_step(model, inputs, scheduler, optimizer, generator, cfg.train.grad_clip)
-                        state.loss_sum += loss
+                        if loss is None:
+                            _skip_nonfinite_step(denoiser, state, cfg.train.grad_clip)
+                        else:
+                            state.loss_sum += loss
                         state.step_in_epoch += 1
                         state.global_step += 1
+                        if saver.due():
+                            save(paths.latest)
+                        if loss is None:
+                            continue
                         progress.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
                         if writer is not None:
                             writer.add_scalar("train/loss", loss, state.global_step)
@@ -283,6 +308,9 @@ def train(cfg, resume=None, device=None):
                 skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
                 if skipped:
                     line += f" | {skipped} bad samples skipped"
+                if state.skipped_steps:
+                    line += f" | {state.skipped_steps} non-finite steps skipped"
+                    state.skipped_steps = 0
 
                 last = state.epoch == cfg.train.epochs
                 every = cfg.train.validate_every
@@ -337,25 +365,76 @@ def _prepare(batch, backbone, device):
 
 
 def _train_step(model, inputs, scheduler, optimizer, generator, grad_clip=None):
-    """One optimisation step on prepared inputs (see ``_prepare``); returns the loss as a float."""
+    """One optimisation step on prepared inputs (see ``_prepare``).
+
+    Returns:
+        the loss as a float; None when the loss or the gradient is not finite,
+        in which case the step is not taken (the gradients are dropped).
+    """
     loss = diffusion_loss(model, inputs["pose"], inputs["keypoints"], inputs["ref"], inputs["features"],
                           scheduler, generator=generator)
+    value = loss.item()
+    # Checked before backward, which can crash the process outright on non-finite sampling offsets;
+    # a NaN on any process makes the mean NaN, so all processes skip the backward pass together.
+    if not math.isfinite(distributed.all_reduce_mean(value)):
+        return None
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    # The norm is of the gradients after DDP's all-reduce, so every process takes the same decision.
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     optimizer.step()
-    return loss.item()
+    return value
 
 
-def _restore(path, denoiser, optimizer, generator, state, rank, world, cfg):
+def _skip_nonfinite_step(denoiser, state, grad_clip):
+    """Count a skipped step, or raise TrainingDivergedError when skipping cannot help (or is not enabled)."""
+    where = f"epoch {state.epoch + 1}, batch {state.step_in_epoch + 1}"
+    bad = [name for name, p in denoiser.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDivergedError(
+            f"training diverged in {where}: {len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]}); "
+            "nothing was saved, the checkpoints on disk are from before. Lower the learning rate (-lr) and "
+            "resume from latest_epoch.bin or start again")
+    if grad_clip is None:
+        raise TrainingDivergedError(
+            f"training diverged in {where}: the loss or its gradient is NaN or infinite; the step was not "
+            "taken and nothing was saved, the checkpoints on disk are from before. Lower the learning rate "
+            "(-lr), or set train.grad_clip to skip such steps (they are counted in the log)")
+    state.skipped_steps += 1
+    log.warning("%s: non-finite loss or gradient, step skipped (train.grad_clip is set)", where)
+
+
+class _TimedSaver:
+    """Says when ``checkpoint_minutes`` have passed since the last save (on any process: all save together)."""
+
+    def __init__(self, minutes):
+        self.seconds = minutes * 60
+        self.last = time.monotonic()
+
+    def due(self):
+        if not self.seconds:
+            return False
+        return distributed.all_reduce_mean(time.monotonic() - self.last >= self.seconds) > 0
+
+    def saved(self):
+        self.last = time.monotonic()
+
+
+def _restore(path, denoiser, optimizer, generator, state, rank, world, trust_checkpoint=False):
     """Load a training checkpoint into the model, optimizer and state; returns the RNG state to set.
 
     The random states are set once the data iterator has been rebuilt (and, in
     an interrupted epoch, fast-forwarded), so that the run continues with
     exactly the draws it would have made.
     """
-    checkpoint = load_snappose_weights(denoiser, path)
+    checkpoint = load_snappose_weights(denoiser, path, trust_checkpoint)
     if checkpoint.get("optimizer") is not None:
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])

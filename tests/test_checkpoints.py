@@ -125,13 +125,13 @@ def test_files_of_the_wrong_kind_are_explained(denoiser_state, contextpose_state
         load_snappose_weights(SnapPoseDenoiser(), tmp_path / "missing.bin")
 
 
-def test_pickled_python_objects_need_trust(tmp_path):
+def test_numpy_scalars_and_arrays_load_without_trust(tmp_path):
     path = tmp_path / "numpy_lr.bin"
-    torch.save({"lr": np.float64(1e-4), "model_pos": {}}, path)
-    with pytest.raises(CheckpointError, match="trust_pickle"):
-        read_checkpoint(path, trust_pickle=False)
-    with pytest.warns(UserWarning, match="objects besides tensors"):
-        assert read_checkpoint(path)["lr"] == 1e-4
+    torch.save({"lr": np.float64(1e-4), "epoch": np.int64(3), "mean": np.zeros(2, np.float32), "model_pos": {}}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = read_checkpoint(path)
+    assert loaded["lr"] == 1e-4 and loaded["epoch"] == 3 and loaded["mean"].dtype == np.float32
 
 
 def test_save_then_load_gives_the_same_model(tmp_path):
