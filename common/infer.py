@@ -346,10 +346,9 @@ def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m common.infer", allow_abbrev=False,
-        description="Lift the people in an image, a folder of images or a video to 3D with a SnapPose checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Lift the people in an image, a folder of images or a video to 3D with a SnapPose checkpoint.")
     parser.add_argument("input", help="image file, folder of images, or video (GIF; mp4 and others need PyAV)")
-    parser.add_argument("--checkpoint", default="checkpoint/best_h36m.bin", help="SnapPose checkpoint")
+    parser.add_argument("--checkpoint", default="checkpoint/best_h36m.bin", help="SnapPose checkpoint (default: checkpoint/best_h36m.bin)")
     parser.add_argument("--config", help="run configuration (default: the one stored with the checkpoint, "
                                          "else the released model's)")
     parser.add_argument("--backbone-weights", metavar="FILE",
@@ -357,27 +356,27 @@ def build_parser():
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle weight files fully (can run code from them): only for files you trust "
                              "that are refused otherwise")
-    parser.add_argument("--out", default="inference_output", help="folder for JSON, npz, figures and animation")
+    parser.add_argument("--out", default="inference_output", help="folder for JSON, npz, figures and animation (default: inference_output)")
     parser.add_argument("--bbox", type=float, nargs=4, metavar=("X", "Y", "W", "H"),
                         help="person box in pixels, for every image (default: whole image)")
     parser.add_argument("--boxes", metavar="FILE.json", help="person boxes per image (formats: README)")
     parser.add_argument("--keypoints", metavar="FILE",
                         help="2D keypoints per image, JSON (COCO, MMPose, ...) or npz (default: the backbone's heatmaps)")
     parser.add_argument("--keypoint-format", choices=KEYPOINT_FORMATS, default="coco",
-                        help="joint order of keypoint files that do not say")
+                        help="joint order of keypoint files that do not say (default: coco)")
     parser.add_argument("--skip-incomplete", action="store_true",
                         help="leave out persons whose keypoints miss a joint instead of stopping")
     parser.add_argument("--heatmap-decoding", choices=HEATMAP_DECODERS, default="dark",
-                        help="sub-pixel refinement of the heatmap maxima")
+                        help="sub-pixel refinement of the heatmap maxima (default: dark)")
     parser.add_argument("-num_proposals", "--num-proposals", dest="num_proposals", type=int, metavar="H",
                         help="hypotheses per person (default: the config's, 20)")
     parser.add_argument("-timesteps", "--timesteps", dest="timesteps", type=int, metavar="K",
                         help="DDIM steps (default: the config's, 20)")
     parser.add_argument("--no-flip-test", action="store_true", help="lift the original view only")
     parser.add_argument("--seed", type=int, help="noise seed (default: the config's)")
-    parser.add_argument("--batch-size", type=int, default=8, help="persons per batch through the networks")
+    parser.add_argument("--batch-size", type=int, default=8, help="persons per batch through the networks (default: 8)")
     parser.add_argument("--device", help="'cpu', 'cuda', ... (default: CUDA if available)")
-    parser.add_argument("--every", type=int, default=1, metavar="N", help="video: lift every N-th frame")
+    parser.add_argument("--every", type=int, default=1, metavar="N", help="video: lift every N-th frame (default: 1)")
     parser.add_argument("--max-frames", type=int, metavar="N", help="video: at most N frames")
     parser.add_argument("--visualize", action="store_true",
                         help="draw each person: image with 2D skeleton beside the 3D hypotheses")
