@@ -66,7 +66,7 @@ def render_lift(image, result, title=None, dpi=100):
         ax.view_init(elev=elevation, azim=azimuth)
         for set_limits in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
             set_limits(-limit, limit)
-        ax.set_box_aspect((1, 1, 1))
+        ax.set_box_aspect((1, 1, 1), zoom=1.2)
         ax.set_xticklabels([])
         ax.set_yticklabels([])
         ax.set_zticklabels([])
