@@ -278,3 +278,16 @@ def test_real_photos_with_coco_annotations(trained, tmp_path, caplog):
             np.testing.assert_allclose(h36m[8], (keypoints[5] + keypoints[6]) / 2, atol=1e-3)  # mid-shoulders
             x, y, w, h = annotation["bbox"]  # the crop is centred on the person's box
             np.testing.assert_allclose(person["center"], [x + w / 2, y + h / 2], atol=1e-3)
+
+
+def test_cli_boxes_file_sets_each_persons_crop(trained, synthetic, tmp_path):
+    _write_frames(tmp_path / "frames", synthetic, count=1)
+    keypoints = _h36m_keypoints_json(tmp_path / "kp.json", ["frame_000.png"], synthetic[1][0])
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"frame_000.png": [[40, 30, 96, 128]]}))
+    assert infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
+                       "--boxes", str(boxes), "--out", str(tmp_path / "out"), "--device", "cpu",
+                       "-num_proposals", "2", "-timesteps", "1"]) == 0
+    person = json.loads((tmp_path / "out" / "frames.json").read_text())["images"][0]["persons"][0]
+    np.testing.assert_allclose(person["center"], [40 + 48, 30 + 64])
+    np.testing.assert_allclose(np.array(person["scale"]) * 200, [96 * 1.25, 128 * 1.25], rtol=1e-6)
