@@ -454,6 +454,7 @@ def run(args):
                 record["persons"].append(result)
                 figures.add(image, result, first=len(record["persons"]) == 1)
             pending.clear()
+        bar.update(len(records) - bar.n)  # the images read so far are lifted (the current one maybe in part)
 
     with tqdm(total=_frame_total(args, kind), desc="lift", unit="frame" if kind == "video" else "image",
               dynamic_ncols=True) as bar:
@@ -474,8 +475,9 @@ def run(args):
                 pending.append((record, person, image))
                 if len(pending) >= args.batch_size:
                     flush()
-            bar.update()
-    flush()
+            if not pending:
+                bar.update(len(records) - bar.n)
+        flush()
     return records, write_outputs(out, stem, kind, records, args) + figures.finish()
 
 
