@@ -1,8 +1,10 @@
 """PoseHRNet: the frozen 2D feature extractor (HRNet, Sun et al., CVPR 2019).
 
 The module tree mirrors the released ``pose_hrnet_w32_256x192.pth`` so that its
-state dict loads name for name (``final_layer``, the heatmap head, is in the
-file but not used: see ``common.checkpoints.load_backbone_weights``).
+state dict loads name for name. ``final_layer``, the file's heatmap head (17
+COCO keypoints), is built only on request (``heatmap_joints=17``): lifting
+needs the feature maps alone, and only inference on a user's own images uses
+the heatmaps, to find the 2D keypoints.
 
 Layout for a 256x192 input and width w (w = 32 or 48 for the released files):
 stem (two 3x3 stride-2 convs, 64 channels) -> layer1 (4 Bottlenecks, 256
@@ -151,12 +153,17 @@ class PoseHRNet(nn.Module):
     network returns (see ``forward``).
     Other input sizes divisible by 32 work and scale the maps accordingly.
 
+    heatmap_joints: 0 (default) builds no heatmap head; 17 builds HRNet's
+        ``final_layer`` (a 1x1 conv on the stage-4 output), which
+        :meth:`heatmaps` applies to the first feature map: (B, 17, 64, 48) for
+        the 17 COCO keypoints of the released file.
+
     The backbone is meant to be frozen: ``freeze()`` turns gradients off and
     pins the module in eval mode (BatchNorm uses its running statistics even
     when a caller switches everything to ``train()``).
     """
 
-    def __init__(self, width=32, stem_width=64):
+    def __init__(self, width=32, stem_width=64, heatmap_joints=0):
         super().__init__()
         if width < 1:
             raise ValueError(f"PoseHRNet width must be a positive integer (32 or 48 for released files), got {width}")
@@ -183,6 +190,8 @@ class PoseHRNet(nn.Module):
         self.stage4 = nn.ModuleList(
             [HighResolutionModule(channels, multi_scale_output=i < 2) for i in range(3)]
         )
+        # Built last, so that the layers above draw the same random initial weights with or without it.
+        self.final_layer = nn.Conv2d(width, heatmap_joints, kernel_size=1) if heatmap_joints else None
 
     @staticmethod
     def _transition(previous, current):
@@ -228,6 +237,12 @@ class PoseHRNet(nn.Module):
         for module in self.stage4[1:]:
             xs = module(xs)
         return [xs[0]] + branch_outputs[1:]
+
+    def heatmaps(self, features):
+        """Keypoint heatmaps (B, J, 64, 48) from the maps ``forward`` returned (uses the first one)."""
+        if self.final_layer is None:
+            raise RuntimeError("this PoseHRNet has no heatmap head: build it with heatmap_joints=17")
+        return self.final_layer(features[0])
 
     def freeze(self):
         """Turn gradients off and keep the module in eval mode from now on; returns self."""

@@ -3,7 +3,7 @@
 Layouts (names and shapes of each are listed in the specification's key lists):
 
 - PoseHRNet (``pose_hrnet_w32_256x192.pth``): a plain state dict, with the
-  unused heatmap head ``final_layer``.
+  heatmap head ``final_layer`` (loaded only into a backbone built with one).
 - Context-Aware PoseFormer (``human36m_nips_retrain.bin``,
   ``mpi-inf_nips_retrain.bin``): ``{"model": state_dict}`` with names under
   ``module.backbone.`` (an HRNet) and ``module.volume_net.`` (some files say
@@ -163,7 +163,8 @@ def _check_tensors(expected, found, path, what, hint=""):
 def load_backbone_weights(backbone, path, trust=False):
     """Load a released PoseHRNet file (or the HRNet inside a CA-PF file) into ``backbone``.
 
-    ``final_layer`` (the heatmap head) is ignored. Returns ``backbone``.
+    ``final_layer`` (the heatmap head) is loaded when ``backbone`` has one
+    (then the file must hold it) and ignored otherwise. Returns ``backbone``.
     ``trust``: unpickle fully (see ``read_checkpoint``).
 
     Raises:
@@ -180,12 +181,16 @@ def load_backbone_weights(backbone, path, trust=False):
         state = strip_wrapper_prefixes(obj["state_dict"])
     else:
         state = strip_wrapper_prefixes(obj)
-    state = {name: t for name, t in state.items() if not name.startswith("final_layer.")}
     backbone = unwrap_model(backbone)
+    if getattr(backbone, "final_layer", None) is None:
+        state = {name: t for name, t in state.items() if not name.startswith("final_layer.")}
     hint = ""
     stem_out = state.get("transition1.0.0.weight")
     if isinstance(stem_out, torch.Tensor) and stem_out.shape[0] != backbone.width:
         hint = f"The file is a W{stem_out.shape[0]} network: build PoseHRNet(width={stem_out.shape[0]})."
+    elif getattr(backbone, "final_layer", None) is not None and "final_layer.weight" not in state:
+        hint = ("The file has no heatmap head (final_layer), which finding 2D keypoints needs: use the released "
+                "pose_hrnet_w32_256x192.pth, or give the 2D keypoints yourself.")
     _check_tensors(backbone.state_dict(), state, path, f"PoseHRNet-W{backbone.width}", hint)
     backbone.load_state_dict(state)
     return backbone

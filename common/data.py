@@ -279,23 +279,34 @@ def _decode(sample, dataset, train, rng, shard, key):
             keypoints = flip_keypoints_normalized(keypoints)
             keypoints_crop = flip_keypoints_crop(keypoints_crop, CROP_WIDTH)
             pose = flip_pose_3d(pose)
-        image = normalize_image(crop)
+        views = dict(image=normalize_image(crop), keypoints_2d=keypoints, keypoints_2d_crop=keypoints_crop,
+                     ref=reference_points(keypoints_crop))
     else:
-        image = torch.stack([normalize_image(crop), normalize_image(crop[:, ::-1])])  # (2, 3, H, W)
-        keypoints = torch.stack([keypoints, flip_keypoints_normalized(keypoints)])  # (2, 17, 2)
-        keypoints_crop = torch.stack([keypoints_crop, flip_keypoints_crop(keypoints_crop, CROP_WIDTH)])
+        views = flip_test_views(crop, keypoints, keypoints_crop)
 
     parsed = parse_key(key)
-    return dict(
-        image=image,
-        keypoints_3d=pose,
-        keypoints_2d=keypoints,
-        keypoints_2d_crop=keypoints_crop,
-        ref=reference_points(keypoints_crop),
-        key=key,
-        subject=parsed["subject"],
-        action=parsed["action"],
-    )
+    return dict(**views, keypoints_3d=pose, key=key, subject=parsed["subject"], action=parsed["action"])
+
+
+def flip_test_views(crop, keypoints_2d, keypoints_2d_crop):
+    """The two views a test sample is lifted from: the crop as given and mirrored.
+
+    Shared by evaluation (through ``decode_sample``) and by inference on a user's
+    images, so that both feed the model the same numbers.
+
+    Args:
+        crop: (256, 192, 3) uint8 RGB person crop.
+        keypoints_2d: (17, 2) float32 tensor, normalized screen coordinates.
+        keypoints_2d_crop: (17, 2) float32 tensor, crop pixels.
+    Returns:
+        dict of ``image`` (2, 3, 256, 192), ``keypoints_2d``, ``keypoints_2d_crop``
+        and ``ref`` (2, 17, 2); index 0 is the original view, 1 the mirror image.
+    """
+    image = torch.stack([normalize_image(crop), normalize_image(crop[:, ::-1])])  # (2, 3, H, W)
+    keypoints = torch.stack([keypoints_2d, flip_keypoints_normalized(keypoints_2d)])  # (2, 17, 2)
+    keypoints_crop = torch.stack([keypoints_2d_crop, flip_keypoints_crop(keypoints_2d_crop, CROP_WIDTH)])
+    return dict(image=image, keypoints_2d=keypoints, keypoints_2d_crop=keypoints_crop,
+                ref=reference_points(keypoints_crop))
 
 
 def collate_samples(samples):

@@ -8,12 +8,16 @@
 3. evaluates the result (20 hypotheses, flip test) on the validation shards,
    prints the metrics table, and compares it with a trivial baseline that
    always predicts the mean training pose, on the same samples;
-4. says where the checkpoints, metrics.json, predictions and figures went.
+4. lifts a few validation images through ``common.infer``, as a user lifts
+   their own photos (with the shards' boxes and 2D keypoints: the demo's random
+   backbone has no heatmap head to find them), and draws them;
+5. says where the checkpoints, metrics.json, predictions and figures went.
 
 The training and evaluation code is the same that the entry scripts run on the
 released data; only the configuration is smaller.
 """
 import argparse
+import json
 import logging
 import sys
 import time
@@ -22,10 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 
 from common.config import load_config, output_paths
-from common.data import find_shards, read_pose_3d
+from common.data import H36M_FIELDS, _read_fields, find_shards, read_pose_3d
 from common.evaluation import evaluate
+from common.geometry import image_coordinates
 from common.metrics import mpjpe, n_mpjpe, p_mpjpe
 from common.synthetic import generate_dataset
 from common.training import train
@@ -44,6 +50,38 @@ def mean_training_pose(data_root, dataset="h36m"):
     if not count:
         raise RuntimeError(f"no training samples found under {data_root}")
     return total / count
+
+
+def lift_validation_images(data_root, checkpoint, out, count=4, device=None):
+    """Export ``count`` validation frames and their labels as a user's files, and lift them with ``common.infer``.
+
+    Writes ``out/images/<key>.jpg`` and ``out/keypoints.json`` (boxes as
+    ``center``/``scale``, H36M-17 keypoints in pixels), then runs
+    ``python -m common.infer out/images --keypoints out/keypoints.json --visualize``.
+    Returns the folder of the figures.
+    """
+    from common import infer
+
+    images, out = Path(out) / "images", Path(out)
+    images.mkdir(parents=True, exist_ok=True)
+    people = {}
+    source = wds.WebDataset(find_shards(data_root, "validation"), shardshuffle=False, empty_check=False)
+    for sample in source:
+        if len(people) == count:
+            break
+        labels = _read_fields(sample, sample.get("__url__"), sample["__key__"], H36M_FIELDS)
+        name = f"{sample['__key__']}.jpg"
+        (images / name).write_bytes(sample["jpg"])
+        width, height = Image.open(images / name).size
+        pixels = image_coordinates(labels["joints_2d_cpn"].astype(np.float64), width, height)
+        people[name] = [{"bbox": {"center": labels["center"].tolist(), "scale": labels["scale"].tolist()},
+                         "keypoints": pixels.tolist(), "format": "h36m"}]
+    (out / "keypoints.json").write_text(json.dumps(people))
+    argv = [str(images), "--checkpoint", str(checkpoint), "--keypoints", str(out / "keypoints.json"),
+            "--out", str(out), "--visualize"] + (["--device", device] if device else [])
+    if infer.main(argv) != 0:
+        raise RuntimeError(f"lifting the validation images failed: python -m common.infer {' '.join(argv)}")
+    return out / "figures"
 
 
 def comparison_table(predicted, baseline, target):
@@ -98,6 +136,9 @@ def build_parser():
                         help="seed of the data and the training run (default: %(default)s)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
     parser.add_argument("--device", help="'cpu', 'cuda', ... (default: the config's)")
+    parser.add_argument("--lift-images", type=int, default=4,
+                        help="validation images lifted through common.infer at the end, 0 for none "
+                             "(default: %(default)s)")
     return parser
 
 
@@ -111,7 +152,7 @@ def main(argv=None):
         stages.append((name, time.time() - start))
         start = time.time()
 
-    print(f"[1/3] synthetic data in {args.data}", flush=True)
+    print(f"[1/4] synthetic data in {args.data}", flush=True)
     generate_dataset(args.data, "h36m", num_train=args.train_samples, num_test=args.test_samples,
                      seed=args.seed, workers=2)
     stage_done("data")
@@ -126,11 +167,11 @@ def main(argv=None):
     cfg = load_config(args.config, overrides=overrides, dataset="h36m")
     paths = output_paths(cfg)
 
-    print(f"[2/3] training ({cfg.train.epochs} epochs) into {paths.checkpoint_dir}", flush=True)
+    print(f"[2/4] training ({cfg.train.epochs} epochs) into {paths.checkpoint_dir}", flush=True)
     weights = train(cfg)
     stage_done("training")
 
-    print(f"[3/3] evaluating {weights.name}: {cfg.evaluation.num_proposals} hypotheses, "
+    print(f"[3/4] evaluating {weights.name}: {cfg.evaluation.num_proposals} hypotheses, "
           f"{cfg.evaluation.timesteps} DDIM steps, flip test", flush=True)
     summary = evaluate(cfg, weights)
     stage_done("evaluation")
@@ -147,6 +188,12 @@ def main(argv=None):
           f"({cfg.evaluation.num_proposals} hypotheses, {cfg.evaluation.timesteps} DDIM steps, flip test)")
     print(format_table(rows))
     print(f"MPJPE of the mean hypothesis is {verdict(ratio)}")
+    lifted = None
+    if args.lift_images:
+        print(f"[4/4] lifting {args.lift_images} validation images with common.infer, as if they were your own "
+              f"photos", flush=True)
+        lifted = lift_validation_images(args.data, weights, out / "inference", args.lift_images, args.device)
+        stage_done("inference")
     print(timing_line(stages))
     files = sorted({weights.name, paths.latest.name, paths.config.name, paths.training_log.name})
     print(f"checkpoints: {paths.checkpoint_dir} ({', '.join(files)}; TensorBoard logs in {paths.tensorboard})")
@@ -154,6 +201,8 @@ def main(argv=None):
     print(f"predictions: {paths.predictions}")
     if cfg.evaluation.visualize:
         print(f"figures:     {paths.figures}")
+    if lifted is not None:
+        print(f"inference:   {lifted} (validation images lifted by python -m common.infer)")
     return 0 if np.isfinite(summary["mpjpe_mean_hypothesis"]) else 1
 
 

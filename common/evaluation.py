@@ -22,7 +22,8 @@ from common.checkpoints import load_backbone_weights, load_snappose_weights
 from common.config import config_to_dict, output_paths
 from common.data import DEFAULT_SPLITS, build_loader
 from common.diffusion import ddim_sample
-from common.metrics import AGGREGATIONS, MetricAccumulator, hypothesis_joint_errors
+from common.metrics import AGGREGATIONS, hypothesis_joint_errors
+from common.reliability import ReliabilityAccumulator
 from common.models import build_model
 from common.sample_count import samples_per_pass
 from common.skeleton import ROOT_JOINT, flip_pose_3d
@@ -69,13 +70,13 @@ def resolve_device(device):
     return torch.device(device) if device is not None else distributed.init_distributed("auto")
 
 
-def _build_seeded(model_cfg, seed):
+def _build_seeded(model_cfg, seed, heatmap_joints=0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(model_cfg)
+        return build_model(model_cfg, heatmap_joints)
 
 
-def build_networks(cfg, device, trust_checkpoint=False):
+def build_networks(cfg, device, trust_checkpoint=False, heatmap_joints=0):
     """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
 
     The denoiser's initial weights follow ``cfg.seed``, the same in every
@@ -83,8 +84,9 @@ def build_networks(cfg, device, trust_checkpoint=False):
     backbone (and logs a warning); it is drawn from a fixed seed, whatever
     ``cfg.seed`` and the process, so that training and evaluation see the same one.
     ``trust_checkpoint`` unpickles the weight file fully (see ``checkpoints.read_checkpoint``).
+    ``heatmap_joints`` = 17 also builds (and loads) the backbone's heatmap head.
     """
-    backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED)
+    backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED, heatmap_joints)
     _, denoiser = _build_seeded(cfg.model, cfg.seed)
     if cfg.weights.pretrained_backbone:
         path = require_weight_file(cfg.backbone_weights, "backbone")
@@ -158,14 +160,14 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
             main process as PNG files into ``figures_dir``, and ``summary.png``
             (``visualization.draw_summary``) of all samples.
     Returns:
-        (accumulator, predictions): a ``MetricAccumulator`` holding every
-        process's samples (its ``summary()`` in millimetres and percent, its
-        ``table()`` printable), and on the main process,
+        (accumulator, predictions): a ``ReliabilityAccumulator`` holding every
+        process's samples (its ``summary()`` in millimetres and percent, with the
+        hypotheses' reliability; its ``table()`` printable), and on the main process,
         if kept, {"keys" (N,), "hypotheses" (N, H, 17, 3), "ground_truth" (N, 17, 3)}
         in metres; else None.
     """
     denoiser.eval()
-    accumulator = MetricAccumulator(dataset)
+    accumulator = ReliabilityAccumulator(dataset)
     kept = {"keys": [], "hypotheses": [], "ground_truth": []}
     # MPI's PCK curve in the summary figure needs per-joint errors, which the accumulator does not keep.
     curve_errors = {a: [] for a in AGGREGATIONS} if figures_dir is not None and dataset == "mpi" else None
@@ -192,7 +194,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
                 drawn += 1
         progress.update(len(hypotheses))  # after the figures, which take seconds each
     progress.close()
-    merged = MetricAccumulator(dataset)
+    merged = ReliabilityAccumulator(dataset)
     for arrays in distributed.all_gather_objects(accumulator.arrays()):
         merged.merge(arrays)
     if len(merged) == 0:

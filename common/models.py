@@ -37,15 +37,16 @@ class ModelConfig:
     embed_dim: int = 128
 
 
-def build_model(cfg=None):
+def build_model(cfg=None, heatmap_joints=0):
     """Build ``(backbone, denoiser)`` from a ``ModelConfig`` (default: the released model).
 
-    The backbone comes frozen (no gradients, pinned to eval mode); the denoiser
+    ``heatmap_joints`` = 17 adds the backbone's heatmap head (``PoseHRNet``);
+    it draws its random weights after all other layers. The backbone comes frozen (no gradients, pinned to eval mode); the denoiser
     is trainable and in train mode. Load weights with ``common.checkpoints``.
     """
     cfg = ModelConfig() if cfg is None else cfg
     w = cfg.backbone_width
-    backbone = PoseHRNet(width=w, stem_width=cfg.backbone_stem_width).freeze()
+    backbone = PoseHRNet(width=w, stem_width=cfg.backbone_stem_width, heatmap_joints=heatmap_joints).freeze()
     denoiser = SnapPoseDenoiser(
         feature_channels=(w, 2 * w, 4 * w, 8 * w),
         mask_pose=cfg.mask_pose,

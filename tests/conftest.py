@@ -3,7 +3,11 @@
 The original implementation's outputs on seeded weights live outside the
 repository, in ``../shared/parity`` (override with SNAPPOSE_PARITY_DIR); the
 released checkpoint key lists in ``../shared/spec`` (SNAPPOSE_SPEC_DIR). Tests
-that need them skip with the reason when they are absent.
+that need them skip with the reason when they are absent, except under CI
+(environment variable CI set to true, 1 or yes, as CI services do): there the
+folders are always provided, so a missing one is an error, not 23 quiet skips.
+
+Tests marked ``gpu`` skip where CUDA is not available.
 """
 import importlib.util
 import json
@@ -18,6 +22,26 @@ PARITY_DIR = Path(os.environ.get("SNAPPOSE_PARITY_DIR", REPO_ROOT.parent / "shar
 SPEC_DIR = Path(os.environ.get("SNAPPOSE_SPEC_DIR", REPO_ROOT.parent / "shared" / "spec"))
 
 
+def running_in_ci():
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _absent(message):
+    """Skip a test whose outside data is missing; under CI fail it, since CI always provides the data."""
+    if running_in_ci():
+        pytest.fail(f"{message}; CI (CI={os.environ['CI']}) must provide it", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_cuda)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
@@ -27,7 +51,7 @@ def _deterministic():
 @pytest.fixture(scope="session")
 def parity_dir():
     if not (PARITY_DIR / "README.md").exists():
-        pytest.skip(f"parity data of the original implementation not found at {PARITY_DIR}")
+        _absent(f"parity data of the original implementation not found at {PARITY_DIR}")
     return PARITY_DIR
 
 
@@ -44,7 +68,7 @@ def seeded(parity_dir):
 def spec_keys():
     """Loader of the released checkpoints' key lists: spec_keys('denoiser') -> [(name, shape)]."""
     if not SPEC_DIR.is_dir():
-        pytest.skip(f"released checkpoint key lists not found at {SPEC_DIR}")
+        _absent(f"released checkpoint key lists not found at {SPEC_DIR}")
 
     def load(name):
         return [(k, tuple(s)) for k, s in json.loads((SPEC_DIR / f"{name}_keys.json").read_text())]

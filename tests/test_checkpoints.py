@@ -1,4 +1,5 @@
-"""Loading the released layouts (built on the fly from the key lists) and saving our own checkpoints."""
+"""Loading the released layouts (built on the fly from the key lists, or from the models' own state
+dicts where the lists are not needed) and saving our own checkpoints."""
 import warnings
 
 import numpy as np
@@ -32,6 +33,32 @@ def denoiser_state(spec_keys):
 @pytest.fixture(scope="module")
 def contextpose_state(spec_keys):
     return random_state_dict(spec_keys("contextpose"), seed=3)
+
+
+def _shapes(module, prefix=""):
+    return [(prefix + name, tuple(t.shape)) for name, t in module.state_dict().items()]
+
+
+# The strict-loading tests build their files from the models' own state dicts, so
+# they run (and catch a lenient loader) without the released key lists.
+
+@pytest.fixture(scope="module")
+def own_denoiser_state():
+    return random_state_dict(_shapes(SnapPoseDenoiser()), seed=4)
+
+
+@pytest.fixture(scope="module")
+def own_hrnet_state():
+    return random_state_dict(_shapes(PoseHRNet(width=32)), seed=5)
+
+
+@pytest.fixture(scope="module")
+def own_contextpose_state(own_hrnet_state):
+    """A CA-PF-layout state: the denoiser's context layers under module.volume_net., the HRNet under module.backbone."""
+    context = [(n, s) for n, s in _shapes(SnapPoseDenoiser(), "module.volume_net.")
+               if n[len("module.volume_net."):].startswith(CONTEXT_PREFIXES)]
+    return {**random_state_dict(context, seed=6),
+            **{f"module.backbone.{name}": t for name, t in own_hrnet_state.items()}}
 
 
 @pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
@@ -74,33 +101,63 @@ def test_contextpose_file_loads_context_layers_and_freezes_them(contextpose_stat
                               if k.startswith("module.backbone.") and "final_layer" not in k}, prefix="module.backbone.")
 
 
-def test_missing_tensor_is_named(denoiser_state, tmp_path):
-    state = dict(denoiser_state)
+def test_missing_tensor_is_named(own_denoiser_state, tmp_path):
+    state = dict(own_denoiser_state)
     del state["joint_blocks.2.attn.qkv.bias"]
     path = write_snappose(tmp_path / "broken.bin", state)
     with pytest.raises(CheckpointError, match=r"broken\.bin.*missing tensors: joint_blocks\.2\.attn\.qkv\.bias"):
         load_snappose_weights(SnapPoseDenoiser(), path)
 
 
-def test_wrong_shape_is_named(denoiser_state, tmp_path):
-    state = dict(denoiser_state, **{"head.1.weight": torch.zeros(4, 768)})
+def test_wrong_shape_is_named(own_denoiser_state, tmp_path):
+    state = dict(own_denoiser_state, **{"head.1.weight": torch.zeros(4, 768)})
     path = write_snappose(tmp_path / "wrong.bin", state)
     with pytest.raises(CheckpointError, match=r"wrong\.bin.*head\.1\.weight has shape \(4, 768\).*\(3, 768\)"):
         load_snappose_weights(SnapPoseDenoiser(), path)
 
 
-def test_unexpected_tensor_is_named(denoiser_state, tmp_path):
-    path = write_snappose(tmp_path / "extra.bin", dict(denoiser_state, **{"head.2.weight": torch.zeros(3)}))
+def test_unexpected_tensor_is_named(own_denoiser_state, tmp_path):
+    path = write_snappose(tmp_path / "extra.bin", dict(own_denoiser_state, **{"head.2.weight": torch.zeros(3)}))
     with pytest.raises(CheckpointError, match=r"unexpected tensors: head\.2\.weight"):
         load_snappose_weights(SnapPoseDenoiser(), path)
 
 
-def test_contextpose_with_wrong_shape_is_named(contextpose_state, tmp_path):
-    state = dict(contextpose_state)
+def test_contextpose_with_wrong_shape_is_named(own_contextpose_state, tmp_path):
+    state = dict(own_contextpose_state)
     state["module.volume_net.feat_embed.3.weight"] = torch.zeros(128, 384)
     path = write_contextpose(tmp_path / "ca_pf.bin", state)
     with pytest.raises(CheckpointError, match=r"feat_embed\.3\.weight has shape \(128, 384\)"):
         load_context_weights(SnapPoseDenoiser(), path)
+
+
+def test_own_states_load_every_tensor(own_denoiser_state, own_hrnet_state, own_contextpose_state, tmp_path):
+    """The valid counterparts of the files the strict tests break."""
+    denoiser = SnapPoseDenoiser()
+    load_snappose_weights(denoiser, write_snappose(tmp_path / "best.bin", own_denoiser_state, prefix="module."))
+    assert_arrived(denoiser, own_denoiser_state)
+    backbone = load_backbone_weights(PoseHRNet(32), write_hrnet(tmp_path / "hrnet.pth", own_hrnet_state))
+    assert_arrived(backbone, own_hrnet_state)
+    denoiser = SnapPoseDenoiser()
+    loaded = load_context_weights(denoiser, write_contextpose(tmp_path / "capf.bin", own_contextpose_state))
+    assert loaded == sorted(n for n in denoiser.state_dict() if n.startswith(CONTEXT_PREFIXES))
+    assert_arrived(denoiser, {n: own_contextpose_state[f"module.volume_net.{n}"] for n in loaded})
+
+
+@pytest.mark.parametrize("change, message", [
+    ("missing", r"missing tensors: stage4\.2\.fuse_layers\.0\.3\.1\.running_var"),
+    ("shape", r"tensor conv1\.weight has shape \(64, 3, 5, 5\), the model expects \(64, 3, 3, 3\)"),
+    ("unexpected", r"unexpected tensors: extra\.weight"),
+], ids=["missing", "shape", "unexpected"])
+def test_hrnet_file_that_does_not_fit_is_named(own_hrnet_state, tmp_path, change, message):
+    state = dict(own_hrnet_state)
+    if change == "missing":
+        del state["stage4.2.fuse_layers.0.3.1.running_var"]
+    elif change == "shape":
+        state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    else:
+        state["extra.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=message):
+        load_backbone_weights(PoseHRNet(32), write_hrnet(tmp_path / "hrnet.pth", state))
 
 
 def test_wrong_width_backbone_says_which_width(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from model_fixtures import single_thread  # noqa: F401
+from reference import KNOWN_PCK14, known_error_predictor
 
 import main_diffusers_h36m
 import main_diffusers_mpi
@@ -90,17 +91,18 @@ def test_original_commands_train_resume_and_evaluate(tiny_yaml, tiny_shards, tmp
     assert f"root: {root}" in saved and "epochs: 2" in saved
 
 
-def test_mpi_script_evaluates_a_path(tiny_yaml, tiny_shards, tmp_path, tiny_config):
+def test_mpi_script_evaluates_a_path(tiny_yaml, tiny_shards, tmp_path, tiny_config, monkeypatch):
     from common.checkpoints import save_checkpoint
     from common.models import build_model
 
     _, denoiser = build_model(tiny_config("unset").model)
     weights = save_checkpoint(tmp_path / "elsewhere" / "best_mpi.bin", denoiser)
     ck = tmp_path / "ck"
+    monkeypatch.setattr("common.evaluation.predict_hypotheses", known_error_predictor)  # known PCK
     assert main_diffusers_mpi.main(["--config", tiny_yaml("mpi"), "-c", str(ck), "-w", str(tiny_shards["mpi"]),
                                     "--evaluate", str(weights), "--no-flip-test"]) == 0
     metrics = json.loads((ck / "metrics.json").read_text())["metrics"]
-    assert 0 <= metrics["pck14_mean_hypothesis"] <= 100 and not metrics["flip_test"]
+    assert metrics["pck14_mean_hypothesis"] == pytest.approx(KNOWN_PCK14) and not metrics["flip_test"]
 
 
 def test_errors_name_the_problem(tiny_yaml, tiny_shards, tmp_path, capsys, caplog):

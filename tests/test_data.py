@@ -9,13 +9,13 @@ import webdataset as wds
 from data_helpers import (
     MARKER_RADIUS, encode_image, h36m_key, make_h36m_sample, make_mpi_sample, mpi_key, write_shard, write_split,
 )
+from reference import mirror_points
 
 from common.data import (
     IMAGE_MEAN, IMAGE_STD, ShardDataError, build_loader, decode_sample, find_shards, parse_key, read_pose_3d,
     reference_points,
 )
 from common.geometry import CROP_WIDTH, apply_affine, crop_matrix, image_coordinates
-from common.skeleton import flip_keypoints_crop, flip_keypoints_normalized, flip_pose_3d
 
 
 def raw(sample, shard="mem.tar"):
@@ -83,11 +83,12 @@ def test_test_view_is_flip_of_original(h36m_sample):
     decoded = decode_sample(raw(h36m_sample), "h36m", train=False)
     image, keypoints, crop = decoded["image"], decoded["keypoints_2d"], decoded["keypoints_2d_crop"]
     assert torch.equal(image[1], image[0].flip(-1))
-    assert torch.equal(keypoints[1], flip_keypoints_normalized(keypoints[0]))
-    assert torch.equal(crop[1], flip_keypoints_crop(crop[0], CROP_WIDTH))
-    assert torch.equal(flip_keypoints_normalized(keypoints[1]), keypoints[0])
-    # 191 - (191 - x) rounds in float32.
-    torch.testing.assert_close(flip_keypoints_crop(crop[1], CROP_WIDTH), crop[0], rtol=0, atol=1e-5)
+    # The mirror view's joints are the original's, x mirrored and left and right swapped
+    # (the table is written out in tests/reference.py, not taken from common.skeleton).
+    np.testing.assert_allclose(keypoints[1].numpy(), mirror_points(keypoints[0].numpy()), rtol=0, atol=0)
+    np.testing.assert_allclose(crop[1].numpy(), mirror_points(crop[0].numpy(), CROP_WIDTH), rtol=0, atol=1e-5)
+    # A joint by name: the mirror view's left wrist (13) is the original's right wrist (16), x negated.
+    assert keypoints[1][13, 0] == -keypoints[0][16, 0] and keypoints[1][13, 1] == keypoints[0][16, 1]
 
 
 def test_train_flip_moves_everything_together(mpi_sample):
@@ -100,8 +101,8 @@ def test_train_flip_moves_everything_together(mpi_sample):
         assert torch.equal(train["image"], test["image"][view])
         assert torch.equal(train["keypoints_2d"], test["keypoints_2d"][view])
         assert torch.equal(train["keypoints_2d_crop"], test["keypoints_2d_crop"][view])
-        expected_3d = flip_pose_3d(test["keypoints_3d"]) if view else test["keypoints_3d"]
-        assert torch.equal(train["keypoints_3d"], expected_3d)
+        expected_3d = mirror_points(test["keypoints_3d"].numpy()) if view else test["keypoints_3d"].numpy()
+        np.testing.assert_allclose(train["keypoints_3d"].numpy(), expected_3d, rtol=0, atol=0)
         flipped += view
     assert 3 <= flipped <= 17  # p = 0.5 over 20 draws
 

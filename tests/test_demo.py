@@ -21,7 +21,7 @@ def test_comparison_table_scores_baseline_and_model():
 def test_demo_runs_end_to_end_on_a_few_samples(tmp_path, capsys, single_thread):
     out, data = tmp_path / "out", tmp_path / "data"
     code = demo.main(["--data", str(data), "--out", str(out), "--train-samples", "8", "--test-samples", "4",
-                      "--epochs", "1", "--device", "cpu"])
+                      "--epochs", "1", "--device", "cpu", "--lift-images", "2"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "mean training pose (baseline)" in printed and "SnapPose, mean of hypotheses" in printed
@@ -33,3 +33,6 @@ def test_demo_runs_end_to_end_on_a_few_samples(tmp_path, capsys, single_thread):
     assert (out / "checkpoint" / "best_h36m.bin").is_file()
     assert "evaluating best_h36m.bin" in printed
     assert (data / "manifest.json").is_file() and list((data / "train").glob("data-*.tar"))
+    # The demo ends by lifting validation images through common.infer and says where the pictures are.
+    assert len(list((out / "inference" / "figures").glob("*.png"))) == 2
+    assert f"inference:   {out / 'inference' / 'figures'}" in printed

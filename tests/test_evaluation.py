@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 import torch
 from model_fixtures import single_thread  # noqa: F401
+from reference import (
+    KNOWN_AUC14, KNOWN_PCK14, KNOWN_PCK17, MPI_14, auc_percent, hypothesis_metrics, known_error_predictor,
+    mirror_points, pck_percent,
+)
 
 from common import metrics
 from common.checkpoints import save_checkpoint
@@ -12,7 +16,6 @@ from common.config import output_paths
 from common.data import build_loader
 from common.evaluation import build_networks, evaluate, predict_hypotheses
 from common.models import build_model
-from common.skeleton import flip_pose_3d
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -31,17 +34,16 @@ def test_evaluate_writes_finite_metrics_predictions_and_figures(tiny_config, wei
     summary = evaluate(cfg, weights, device=CPU)
     paths = output_paths(cfg)
     assert summary["num_samples"] == 3 and summary["epoch"] == 3
-    for name in ("mpjpe", "p_mpjpe", "n_mpjpe"):
-        for aggregation in metrics.AGGREGATIONS:
-            value = summary[f"{name}_{aggregation}_hypothesis"]
-            assert np.isfinite(value) and value > 0
+    predictions = np.load(paths.predictions)
+    # Every reported error, re-scored from the saved predictions by the NumPy definitions.
+    for name, value in hypothesis_metrics(predictions["hypotheses"], predictions["ground_truth"]).items():
+        assert summary[name] == pytest.approx(value, rel=1e-5), name
     assert len(summary["per_action"]["mpjpe_mean_hypothesis"]) == 3  # the tiny split has three actions
     saved = json.loads(paths.metrics.read_text())
     assert saved["metrics"]["mpjpe_mean_hypothesis"] == pytest.approx(summary["mpjpe_mean_hypothesis"])
     assert saved["config"]["evaluation"]["num_proposals"] == 3
     assert "frame average" in capsys.readouterr().out
 
-    predictions = np.load(paths.predictions)
     assert predictions["hypotheses"].shape == (3, 3, 17, 3)
     assert predictions["ground_truth"].shape == (3, 17, 3) and len(predictions["keys"]) == 3
     assert np.all(predictions["hypotheses"][:, :, 0] == 0), "the root joint is set to exactly 0"
@@ -54,11 +56,26 @@ def test_evaluate_writes_finite_metrics_predictions_and_figures(tiny_config, wei
 
 
 def test_evaluate_mpi_reports_pck_and_auc_on_14_and_17_joints(tiny_config, weights, tmp_path):
-    cfg = tiny_config(tmp_path / "run", dataset="mpi")
+    cfg = tiny_config(tmp_path / "run", dataset="mpi", evaluation__save_predictions=str(tmp_path / "p.npz"))
     summary = evaluate(cfg, weights, device=CPU)
-    for name in ("pck14", "pck17", "auc14", "auc17"):
-        assert 0 <= summary[f"{name}_mean_hypothesis"] <= 100
+    saved = np.load(tmp_path / "p.npz")
+    mean, target = saved["hypotheses"].mean(1), saved["ground_truth"]
+    for joints, label in ((MPI_14, "14"), (range(17), "17")):
+        assert summary[f"pck{label}_mean_hypothesis"] == pytest.approx(pck_percent(mean, target, 150, joints))
+    assert summary["auc14_mean_hypothesis"] == pytest.approx(auc_percent(mean, target, MPI_14))
+    # The root's error is exactly 0: whether it counts at the 0 mm threshold moves AUC-17 by one joint of 17 x 31.
+    assert summary["auc17_mean_hypothesis"] == pytest.approx(auc_percent(mean, target, range(17)),
+                                                             abs=100 / (17 * 31) + 1e-9)
     assert "per_action" not in summary
+
+
+def test_mpi_pck_and_auc_of_predictions_a_known_distance_off(tiny_config, weights, tmp_path, monkeypatch):
+    monkeypatch.setattr("common.evaluation.predict_hypotheses", known_error_predictor)
+    summary = evaluate(tiny_config(tmp_path / "run", dataset="mpi"), weights, device=CPU)
+    for aggregation in metrics.AGGREGATIONS:
+        assert summary[f"pck14_{aggregation}_hypothesis"] == pytest.approx(KNOWN_PCK14)
+        assert summary[f"auc14_{aggregation}_hypothesis"] == pytest.approx(KNOWN_AUC14)
+        assert summary[f"pck17_{aggregation}_hypothesis"] == pytest.approx(KNOWN_PCK17)
 
 
 def _test_batch(cfg, batch_size):
@@ -87,7 +104,8 @@ def test_flip_test_averages_the_unflipped_mirror_view(tiny_config, weights, tmp_
     # Feeding the mirror view as view 0 gives the mirrored prediction of that view.
     swapped = dict(batch, **{k: batch[k].flip(1) for k in ("image", "keypoints_2d", "keypoints_2d_crop", "ref")})
     mirror = predict_hypotheses(backbone, denoiser, swapped, 2, 2, flip_test=False)
-    torch.testing.assert_close(both, (original + flip_pose_3d(mirror)) / 2, rtol=1e-4, atol=1e-5)
+    expected = (original + torch.from_numpy(mirror_points(mirror)).float()) / 2
+    torch.testing.assert_close(both, expected, rtol=1e-4, atol=1e-5)
     assert torch.all(both[..., 0, :] == 0)
 
 

@@ -1,6 +1,8 @@
-"""Normalized screen coordinates, the HRNet crop transform and the bilinear crop warp."""
-import time
+"""Normalized screen coordinates, the HRNet crop transform and the bilinear crop warp.
 
+Its speed is measured by ``python -m benchmarks.crop``, not here: a shared CI machine's clock
+says nothing about the code.
+"""
 import numpy as np
 import pytest
 
@@ -75,12 +77,3 @@ def test_crop_image_puts_frame_points_at_crop_points():
     centroid = np.array([np.average(xs, weights=weights), np.average(ys, weights=weights)])
     np.testing.assert_allclose(centroid, apply_affine([260.0, 200.0], crop_matrix(center, scale)), atol=0.05)
 
-
-def test_warp_is_fast_enough_for_loading():
-    """A full Human3.6M frame crops in a few ms (bound: 30 ms, loose for busy machines)."""
-    frame = np.random.default_rng(4).integers(0, 256, size=(1002, 1000, 3)).astype(np.uint8)
-    crop_image(frame, [500, 500], [3.0, 4.0])
-    start = time.perf_counter()
-    for _ in range(20):
-        crop_image(frame, [500, 500], [3.0, 4.0])
-    assert (time.perf_counter() - start) / 20 < 0.03

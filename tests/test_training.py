@@ -199,7 +199,8 @@ def test_feature_cache_batches_cover_every_sample_once():
 
 
 def test_warmup_and_clipping(tiny_config, tmp_path, monkeypatch):
-    """The learning rate ramps up linearly over train.warmup_steps; clipping bounds the gradient norm."""
+    """The learning rate ramps up linearly over train.warmup_steps; train.grad_clip reaches every step
+    (that clipping bounds the gradient is tested in tests/test_learning.py)."""
     cfg = tiny_config(tmp_path, train__epochs=1, train__validate_every=0, train__warmup_steps=4,
                       train__grad_clip=1e-3, train__lr=1e-3)
     seen = []
