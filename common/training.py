@@ -8,6 +8,8 @@ the last, the model is evaluated (K = ``val_timesteps`` DDIM steps, H =
 ``val_proposals``); an improved MPJPE of the mean hypothesis writes
 ``best_<dataset>.bin``. ``latest_epoch.bin`` is written every
 ``checkpoint_frequency`` epochs, after the last, and on Ctrl-C / SIGTERM.
+With ``train.context_cache`` every epoch trains from contexts computed once
+before the first (``common.context_cache``) instead of images and the backbone.
 
 Checkpoint files hold the original's keys (epoch, lr, optimizer, model_pos)
 plus what resuming needs: the best MPJPE so far, the batches already done in an
