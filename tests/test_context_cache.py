@@ -276,3 +276,26 @@ def test_bfloat16_storage_halves_the_size_and_stays_close(cached_config, tmp_pat
     assert half.context.dtype == torch.bfloat16
     # bfloat16 keeps 8 significant bits: a relative rounding error of at most 2^-8.
     torch.testing.assert_close(half.context.float(), full.context, rtol=2 ** -8, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_train_from_their_own_disk_caches(cached_config, tiny_shards, tmp_path):
+    """Under torchrun each process caches its share of the samples in its own file; DDP trains from them."""
+    import os
+    import subprocess
+    import sys
+
+    from common.config import save_config
+    from conftest import REPO_ROOT
+
+    cfg = cached_config(tmp_path / "unused", train__context_cache="disk", train__epochs=2)
+    config = str(save_config(cfg, tmp_path / "tiny.yaml"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "main_diffusers_h36m.py", "--config", config, "-c", str(tmp_path / "two"), "--device", "cpu"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    files = [context_cache.cache_path(tmp_path / "two", rank, 2) for rank in range(2)]
+    sizes = [len(torch.load(f, weights_only=True)["keys"]) for f in files]
+    assert sizes == [2, 2], "the four training samples are split between the processes"
+    assert read_checkpoint(tmp_path / "two" / "latest_epoch.bin")["epoch"] == 2
