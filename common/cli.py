@@ -43,6 +43,7 @@ FLAG_TO_CONFIG = {
     "val_proposals": "train.val_proposals",
     "save_predictions": "evaluation.save_predictions",
     "visualize": "evaluation.visualize",
+    "context_cache": "train.context_cache",
 }
 
 
@@ -99,6 +100,9 @@ def build_parser(dataset):
     new.add_argument("--save-predictions", metavar="FILE.npz",
                      help="write keys, all hypotheses and ground truth to FILE.npz")
     new.add_argument("--no-flip-test", action="store_true", help="evaluate the original view only")
+    new.add_argument("--context-cache", choices=("off", "memory", "disk"),
+                     help="train from the frozen context computed once per sample and view, without images "
+                          "or the backbone (needs the CA-PF weights; 'disk' keeps it in the -c directory)")
     new.add_argument("--skip-bad", action="store_true",
                      help="skip malformed samples (counted and reported) instead of stopping")
     new.add_argument("--allow-train-split", action="store_true",

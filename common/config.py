@@ -124,6 +124,14 @@ class TrainConfig:
         data sets (the synthetic demo); later epochs reuse each sample's
         first-epoch flip. Memory: 4 * sum(C_l h_l w_l) bytes per sample
         (0.74 MB at W32).
+    context_cache: "off" (the original), "memory" or "disk": compute the
+        frozen context (pose token and context blocks, eval mode) of every
+        training sample and both its views once, before the first epoch, and
+        train every epoch from it without images or the backbone (see
+        ``common.context_cache``; needs the CA-PF weights). "disk" also keeps it
+        in ``<checkpoint>/context_cache.pt`` for resumed and repeated runs.
+    context_cache_dtype: "float32" (the loss of the uncached path) or
+        "bfloat16" (half the size, rounded).
     """
 
     epochs: int = 50
@@ -139,6 +147,8 @@ class TrainConfig:
     grad_clip: typing.Optional[float] = None
     checkpoint_minutes: float = 15.0
     cache_features: bool = False
+    context_cache: str = "off"
+    context_cache_dtype: str = "float32"
 
 
 @dataclass
@@ -357,6 +367,10 @@ def validate(cfg):
     need(t.grad_clip is None or (math.isfinite(t.grad_clip) and t.grad_clip > 0), "train.grad_clip", t.grad_clip,
          "null or a positive finite number")
     need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", t.checkpoint_minutes, "a number >= 0")
+    need(t.context_cache in ("off", "memory", "disk"), "train.context_cache", t.context_cache,
+         "'off', 'memory' or 'disk'")
+    need(t.context_cache_dtype in ("float32", "bfloat16"), "train.context_cache_dtype", t.context_cache_dtype,
+         "'float32' or 'bfloat16'")
     e = cfg.evaluation
     need(e.num_proposals >= 1, "evaluation.num_proposals", e.num_proposals, "an integer >= 1")
     need(1 <= e.timesteps <= t.num_train_timesteps, "evaluation.timesteps", e.timesteps,

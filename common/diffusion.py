@@ -38,11 +38,25 @@ def diffusion_loss(denoiser, pose_3d, keypoints_2d, ref, features, scheduler, ge
     Returns:
         scalar loss.
     """
+    return epsilon_loss(lambda noisy, t: denoiser(keypoints_2d, ref, noisy, features, t), pose_3d, scheduler,
+                        generator)
+
+
+def epsilon_loss(predict_noise, pose_3d, scheduler, generator=None):
+    """Epsilon-prediction MSE for any noise predictor (shared by the image and the cached-context paths).
+
+    Args:
+        predict_noise: callable (noisy (B, 1, J, 3), t (B,)) -> predicted noise (B, 1, J, 3).
+        pose_3d, scheduler, generator: as for ``diffusion_loss``; the timesteps
+            are drawn first, then the noise, so both paths make the same draws.
+    Returns:
+        scalar loss.
+    """
     B = pose_3d.shape[0]
     t = torch.randint(0, scheduler.config.num_train_timesteps, (B,), generator=generator, device=pose_3d.device)
     noise = torch.randn(pose_3d.shape, generator=generator, device=pose_3d.device, dtype=pose_3d.dtype)
     noisy = scheduler.add_noise(pose_3d, noise, t)
-    return F.mse_loss(denoiser(keypoints_2d, ref, noisy, features, t), noise)
+    return F.mse_loss(predict_noise(noisy, t), noise)
 
 
 @torch.no_grad()

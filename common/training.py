@@ -8,6 +8,8 @@ the last, the model is evaluated (K = ``val_timesteps`` DDIM steps, H =
 ``val_proposals``); an improved MPJPE of the mean hypothesis writes
 ``best_<dataset>.bin``. ``latest_epoch.bin`` is written every
 ``checkpoint_frequency`` epochs, after the last, and on Ctrl-C / SIGTERM.
+With ``train.context_cache`` every epoch trains from contexts computed once
+before the first (``common.context_cache``) instead of images and the backbone.
 
 Checkpoint files hold the original's keys (epoch, lr, optimizer, model_pos)
 plus what resuming needs: the best MPJPE so far, the batches already done in an
@@ -32,6 +34,7 @@ from tqdm import tqdm
 from common import distributed
 from common.checkpoints import load_context_weights, load_snappose_weights, save_checkpoint
 from common.config import config_to_dict, output_paths, save_config
+from common.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
 from common.data import build_loader
 from common.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.evaluation import build_networks, require_weight_file, resolve_device, run_evaluation
@@ -184,6 +187,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
         TrainingDivergedError: a non-finite loss or gradient without ``train.grad_clip``
             (nothing is saved, so the last good checkpoints stay).
     """
+    check_config(cfg)
     device = resolve_device(device)
     paths = output_paths(cfg)
     main = distributed.is_main_process()
@@ -215,8 +219,13 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
                         resume, state.epoch, cfg.train.epochs, state.epoch + 10)
             return paths.best if paths.best.is_file() else Path(resume)
     lr = optimizer.param_groups[0]["lr"]
-    model = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None) \
-        if distributed.is_distributed() else denoiser
+    context_cache = None
+    if cfg.train.context_cache != "off":
+        context_cache = prepare_context_cache(cfg, backbone, denoiser, device, paths.checkpoint_dir, rank, world,
+                                              progress=main)
+    network = denoiser if context_cache is None else CachedContextDenoiser(denoiser)
+    model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
+        if distributed.is_distributed() else network
     scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
     loader = build_loader(cfg.data.root, cfg.dataset, train=True, batch_size=cfg.data.batch_size,
                           num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
@@ -256,7 +265,11 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
                 backbone.eval()
                 model.train()
                 cached = cache is not None and cache.complete
-                if cached:
+                if context_cache is not None:
+                    batches = context_cache.batches(cfg.data.batch_size,
+                                                    context_cache.epoch_generator(cfg.seed, epoch, rank), device)
+                    total = len(context_cache)
+                elif cached:
                     order = torch.Generator().manual_seed((cfg.seed * 1000 + rank) * 100003 + epoch)
                     batches = cache.batches(cfg.data.batch_size, order)
                     total = len(cache)
@@ -277,7 +290,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
                 join = model.join() if isinstance(model, DistributedDataParallel) else nullcontext()
                 with join:
                     for batch in batches:
-                        inputs = batch if cached else _prepare(batch, backbone, device)
+                        inputs = batch if cached or context_cache is not None else _prepare(batch, backbone, device)
                         if cache is not None and not cached:
                             cache.add(**inputs)
                         step_lr = lr * min(1.0, (state.global_step + 1) / cfg.train.warmup_steps) \
@@ -379,14 +392,17 @@ def _prepare(batch, backbone, device):
 
 
 def _train_step(model, inputs, scheduler, optimizer, generator, grad_clip=None):
-    """One optimisation step on prepared inputs (see ``_prepare``).
+    """One optimisation step on prepared inputs (see ``_prepare``) or cached contexts.
 
     Returns:
         the loss as a float; None when the loss or the gradient is not finite,
         in which case the step is not taken (the gradients are dropped).
     """
-    loss = diffusion_loss(model, inputs["pose"], inputs["keypoints"], inputs["ref"], inputs["features"],
-                          scheduler, generator=generator)
+    if "context" in inputs:
+        loss = context_diffusion_loss(model, inputs["pose"], inputs["context"], scheduler, generator=generator)
+    else:
+        loss = diffusion_loss(model, inputs["pose"], inputs["keypoints"], inputs["ref"], inputs["features"],
+                              scheduler, generator=generator)
     value = loss.item()
     # Checked before backward, which can crash the process outright on non-finite sampling offsets;
     # a NaN on any process makes the mean NaN, so all processes skip the backward pass together.
