@@ -69,7 +69,9 @@ class CompiledDenoiser(nn.Module):
         return self.denoiser.encode_context(keypoints_2d, ref, features)
 
     def denoise(self, context, noisy_3d, t):
-        return self._denoise(context, noisy_3d, t)
+        # A copy: with CUDA graphs ("reduce-overhead") the output buffer is overwritten by the next call,
+        # while multistep samplers keep earlier outputs.
+        return self._denoise(context, noisy_3d, t).clone()
 
     def forward(self, keypoints_2d, ref, noisy_3d, features, t):
         return self.denoise(self.encode_context(keypoints_2d, ref, features), noisy_3d, t)

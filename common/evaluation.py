@@ -111,20 +111,40 @@ def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip
         (B, H, 17, 3) root-relative hypotheses in metres, root exactly 0.
     """
     device = next(denoiser.parameters()).device
+    images, keypoints, ref = stack_views(batch, flip_test, device)
+    features = run_backbone(backbone, images, precision)
+    views = 2 if flip_test else 1
+    noise = initial_noise(batch["key"], num_proposals, seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
+    sample = sample_poses(denoiser, noise, keypoints, ref, features, timesteps, sampler, num_train_timesteps,
+                          precision)
+    return merge_views(sample, flip_test)
+
+
+def stack_views(batch, flip_test, device):
+    """A test batch's views, view-major (the first B rows the originals, the next B their mirrors).
+
+    Returns:
+        images (V*B, 3, 256, 192), keypoints (V*B, 1, 17, 2), ref (V*B, 17, 2) on ``device``;
+        V = 2 with ``flip_test``, else 1.
+    """
     views = 2 if flip_test else 1
     images = batch["image"][:, :views].to(device)
     keypoints = batch["keypoints_2d"][:, :views].to(device)
     ref = batch["ref"][:, :views].to(device)
-    size = images.shape[0]
-    # View-major so that the first B rows are the originals, the next B their mirrors.
     images = images.transpose(0, 1).flatten(0, 1)  # (V*B, 3, 256, 192)
     keypoints = keypoints.transpose(0, 1).flatten(0, 1)[:, None]  # (V*B, 1, 17, 2)
     ref = ref.transpose(0, 1).flatten(0, 1)  # (V*B, 17, 2)
-    features = run_backbone(backbone, images, precision)
-    noise = initial_noise(batch["key"], num_proposals, seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
-    sample = sample_poses(denoiser, noise, keypoints, ref, features, timesteps, sampler, num_train_timesteps,
-                          precision)
-    sample = sample[:, :, 0].unflatten(0, (views, size))  # (V, B, H, 17, 3)
+    return images, keypoints, ref
+
+
+def merge_views(sample, flip_test):
+    """Sampled poses of ``stack_views``' rows (V*B, H, 1, 17, 3) -> (B, H, 17, 3), root exactly 0.
+
+    With ``flip_test`` the mirror view's hypotheses are un-flipped and averaged
+    with the original's, hypothesis by hypothesis.
+    """
+    views = 2 if flip_test else 1
+    sample = sample[:, :, 0].unflatten(0, (views, sample.shape[0] // views))  # (V, B, H, 17, 3)
     poses = sample[0]
     if flip_test:
         poses = (poses + flip_pose_3d(sample[1])) / 2
