@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.pipeline import Setting
 from common.acceleration import PRECISIONS, prepare_backbone
 from common.checkpoints import load_snappose_weights
 from common.config import load_config
@@ -34,6 +35,8 @@ def build_parser():
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[20, 10, 5, 3], help="values of K")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "bf16"])
+    parser.add_argument("--settings", nargs="+", type=Setting.parse, metavar="SAMPLER:K:PRECISION",
+                        help="evaluate exactly these, in this order, instead of the grid above")
     parser.add_argument("--hypotheses", type=int, help="H (default: the config's evaluation.num_proposals)")
     parser.add_argument("--batch-size", type=int, help="default: the config's data.eval_batch_size")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
@@ -64,25 +67,26 @@ def main(argv=None):
     print(f"{count} images of {cfg.data.root}, H = {hypotheses}, flip test, CPU with {torch.get_num_threads()} "
           f"threads; images/s from decoded images to metrics")
     print(f"{'sampler':<14} {'K':>3} {'precision':<9} {'MPJPE':>7} {'J-Best':>7} {'P-MPJPE':>8} {'img/s':>8}")
+    grid = [(s.sampler, s.steps, s.precision) for s in args.settings] if args.settings else \
+        [(sampler, steps, precision) for precision in args.precisions for sampler in args.samplers
+         for steps in args.steps]
     rows = []
-    for precision in args.precisions:
-        for sampler in args.samplers:
-            for steps in args.steps:
-                start = time.perf_counter()
-                accumulator, _ = run_evaluation(backbones[precision], denoiser, batches, cfg.dataset, hypotheses,
-                                                steps, True, cfg.train.num_train_timesteps, cfg.seed,
-                                                desc=f"{sampler} K={steps} {precision}", sampler=sampler,
-                                                precision=precision)
-                seconds = time.perf_counter() - start
-                s = accumulator.summary()
-                row = {"sampler": sampler, "steps": steps, "precision": precision, "images": s["num_samples"],
-                       "mpjpe": s["mpjpe_mean_hypothesis"], "j_best": s["mpjpe_best_joint_hypothesis"],
-                       "p_mpjpe": s["p_mpjpe_mean_hypothesis"], "images_per_second": s["num_samples"] / seconds}
-                rows.append(row)
-                print(f"{sampler:<14} {steps:>3} {precision:<9} {row['mpjpe']:7.2f} {row['j_best']:7.2f} "
-                      f"{row['p_mpjpe']:8.2f} {row['images_per_second']:8.1f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    for sampler, steps, precision in grid:
+        start = time.perf_counter()
+        accumulator, _ = run_evaluation(backbones[precision], denoiser, batches, cfg.dataset, hypotheses,
+                                        steps, True, cfg.train.num_train_timesteps, cfg.seed,
+                                        desc=f"{sampler} K={steps} {precision}", sampler=sampler,
+                                        precision=precision)
+        seconds = time.perf_counter() - start
+        s = accumulator.summary()
+        row = {"sampler": sampler, "steps": steps, "precision": precision, "images": s["num_samples"],
+               "mpjpe": s["mpjpe_mean_hypothesis"], "j_best": s["mpjpe_best_joint_hypothesis"],
+               "p_mpjpe": s["p_mpjpe_mean_hypothesis"], "images_per_second": s["num_samples"] / seconds}
+        rows.append(row)
+        print(f"{sampler:<14} {steps:>3} {precision:<9} {row['mpjpe']:7.2f} {row['j_best']:7.2f} "
+              f"{row['p_mpjpe']:8.2f} {row['images_per_second']:8.1f}", flush=True)
+        if args.json:  # after every row, so that an interrupted run keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
