@@ -19,7 +19,8 @@ loader), backbone, context (``encode_context``; inside the loop for the
 original), denoising loop, metrics; and the peak memory (CUDA:
 ``torch.cuda.max_memory_allocated``; CPU: growth of the peak resident set).
 Each setting first runs one untimed batch with one step (start-up costs,
-compilation), then the best of ``--repeats`` passes counts.
+compilation); then ``--repeats`` rounds time one pass of every setting in
+turn, and the best pass of each counts.
 
 Training: samples per second of an epoch after the first (``common.training.train``,
 2 epochs, the second timed), without a cache, with ``train.cache_features``
@@ -166,30 +167,50 @@ def evaluation_pass(setting, backbone, denoiser, shards, args, device, max_batch
     return clock, summary, count
 
 
-def measure_setting(setting, networks, shards, args, device):
-    """Warm up on one batch, then the best of ``args.repeats`` timed passes; a dict of results."""
+def warm_up(setting, networks, shards, args, device):
+    """Prepare ``setting``'s networks (compiled if asked) and run one untimed batch; returns (networks, seconds)."""
     backbone, denoiser = networks[setting.precision]
     if setting.compile:
         denoiser = compile_denoiser(denoiser, mode=COMPILE_MODES[setting.compile])
     # Start-up costs (allocations, kernel selection, compilation) depend on the shapes, not on K.
     start = time.perf_counter()
     evaluation_pass(dataclasses.replace(setting, steps=1), backbone, denoiser, shards, args, device, max_batches=1)
-    warm_up = time.perf_counter() - start
-    best = None
-    for repeat in range(args.repeats):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with PeakMemory(device) as memory:
-            clock, summary, _ = evaluation_pass(setting, backbone, denoiser, shards, args, device)
-        split = clock.split()
-        total = sum(split.values())
-        if best is None or total < best["seconds"]:
-            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else memory.peak
-            best = {"setting": setting.name, "seconds": total, "images": summary["num_samples"],
-                    "images_per_second": summary["num_samples"] / total, "stages": split,
-                    "peak_memory_bytes": peak, "warm_up_seconds": warm_up,
-                    "mpjpe_mean_hypothesis": summary["mpjpe_mean_hypothesis"]}
-    return best
+    return (backbone, denoiser), time.perf_counter() - start
+
+
+def timed_pass(setting, prepared, shards, args, device):
+    """One timed pass of ``setting`` with its ``warm_up`` networks; a dict of results."""
+    backbone, denoiser = prepared
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakMemory(device) as memory:
+        clock, summary, _ = evaluation_pass(setting, backbone, denoiser, shards, args, device)
+    split = clock.split()
+    total = sum(split.values())
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else memory.peak
+    return {"setting": setting.name, "seconds": total, "images": summary["num_samples"],
+            "images_per_second": summary["num_samples"] / total, "stages": split, "peak_memory_bytes": peak,
+            "mpjpe_mean_hypothesis": summary["mpjpe_mean_hypothesis"]}
+
+
+def measure_settings(settings, networks, shards, args, device):
+    """Warm every setting up, then ``args.repeats`` rounds of one pass each; the best pass per setting.
+
+    Rounds interleave the settings, so that a machine whose load drifts
+    (a shared CPU) slows them alike instead of whichever runs last.
+    """
+    prepared, best = {}, {}
+    for setting in settings:
+        prepared[setting], seconds = warm_up(setting, networks, shards, args, device)
+        print(f"  {setting.name}: warmed up in {seconds:.1f} s", flush=True)
+        best[setting] = {"warm_up_seconds": seconds, "seconds": float("inf")}
+    for round_ in range(args.repeats):
+        for setting in settings:
+            result = timed_pass(setting, prepared[setting], shards, args, device)
+            print(f"  round {round_ + 1}, {setting.name}: {result['images_per_second']:.2f} images/s", flush=True)
+            if result["seconds"] < best[setting]["seconds"]:
+                best[setting].update(result)
+    return [best[setting] for setting in settings]
 
 
 def _context_file(denoiser, folder):
@@ -272,7 +293,8 @@ def build_parser():
                              f"(default: {' and '.join(DEFAULT_FAST)})")
     parser.add_argument("--skip", nargs="*", default=[], choices=("original", "today", "training"),
                         help="leave these measurements out")
-    parser.add_argument("--repeats", type=int, default=1, help="timed passes per setting (the best counts)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of one timed pass per setting, interleaved (the best per setting counts)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (0: in this process)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--train-samples", type=int, default=16, help="training samples per epoch")
@@ -305,10 +327,7 @@ def main(argv=None):
           f"H = {args.hypotheses}, batch {args.batch_size}, best of {args.repeats}")
 
     networks = build_networks(device)
-    results = []
-    for setting in settings:
-        results.append(measure_setting(setting, networks, root / "validation", args, device))
-        print(f"  {setting.name}: {results[-1]['images_per_second']:.2f} images/s", flush=True)
+    results = measure_settings(settings, networks, root / "validation", args, device)
     print("\nevaluation, shards to metrics (stage shares of the total):")
     print_evaluation(results)
 
