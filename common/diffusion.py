@@ -5,12 +5,19 @@ Poses are root-relative, in metres. Training: epsilon prediction with
 Sampling: ``DDIMScheduler`` with diffusers' defaults (eta 0, "leading"
 spacing, clip_sample=True, so each predicted x_0 is clamped to [-1, 1] m),
 from x_T ~ N(0, I). Both schedulers come from their config, as diffusers
-intends, so a saved config rebuilds them exactly.
+intends, so a saved config rebuilds them exactly. Faster samplers on the same
+schedule (DDIM with trailing spacing, DPM-Solver++, UniPC) live in
+``common.samplers`` and are re-exported here: ``sample(..., sampler=...)``,
+``SAMPLERS``.
 """
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
-from tqdm.auto import tqdm
+
+from common.samplers import SAMPLERS, make_sampling_scheduler, sample
+
+__all__ = ["SAMPLERS", "ddim_sample", "diffusion_loss", "make_ddim_scheduler", "make_ddpm_scheduler",
+           "make_sampling_scheduler", "sample"]
 
 
 def make_ddpm_scheduler(num_train_timesteps=100):
@@ -59,15 +66,15 @@ def epsilon_loss(predict_noise, pose_3d, scheduler, generator=None):
     return F.mse_loss(predict_noise(noisy, t), noise)
 
 
-@torch.no_grad()
 def ddim_sample(denoiser, noise, keypoints_2d, ref, features, num_steps, num_train_timesteps=100, progress=False):
-    """Run K DDIM steps from ``noise`` and return the final x_0.
+    """Run K DDIM steps from ``noise`` and return the final x_0: the paper's sampler.
 
-    The context (pose token and deformable blocks) depends on neither the noisy
-    pose nor the timestep, so it is computed once per batch; every step then
-    runs only ``denoiser.denoise``, with the H hypotheses folded into the batch
-    there. The feature maps are never copied per hypothesis. The result equals
-    a loop of full forwards through the same scheduler.
+    ``common.samplers.sample`` with ``sampler="ddim"`` in fp32. The context
+    (pose token and deformable blocks) depends on neither the noisy pose nor
+    the timestep, so it is computed once per batch; every step then runs only
+    ``denoiser.denoise``, with the H hypotheses folded into the batch there.
+    The feature maps are never copied per hypothesis. The result equals a loop
+    of full forwards through the same scheduler.
 
     Args:
         denoiser: a ``SnapPoseDenoiser`` (put it in eval mode first).
@@ -79,17 +86,5 @@ def ddim_sample(denoiser, noise, keypoints_2d, ref, features, num_steps, num_tra
     Returns:
         (B, H, 1, J, 3), metres; the root joint is not zeroed (the caller does that).
     """
-    if noise.dim() != 5:
-        raise ValueError(f"expected noise (B, H, 1, J, 3), got {tuple(noise.shape)}")
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    scheduler = make_ddim_scheduler(num_train_timesteps)
-    scheduler.set_timesteps(num_steps)
-    context = denoiser.encode_context(keypoints_2d, ref, features)
-    B = noise.shape[0]
-    sample = noise
-    for timestep in tqdm(scheduler.timesteps, desc="DDIM", leave=False, disable=not progress):
-        t = torch.full((B,), int(timestep), dtype=torch.long, device=noise.device)
-        predicted = denoiser.denoise(context, sample, t)
-        sample = scheduler.step(predicted, int(timestep), sample).prev_sample
-    return sample
+    return sample(denoiser, noise, keypoints_2d, ref, features, num_steps, sampler="ddim",
+                  num_train_timesteps=num_train_timesteps, progress=progress)

@@ -1,11 +1,13 @@
-"""Evaluation: H hypotheses by DDIM, flip-test averaging, metrics, predictions and figures.
+"""Evaluation: H hypotheses by a sampler (DDIM by default), flip test, metrics, predictions and figures.
 
 For each test sample the frozen backbone sees the crop and its mirror image in
 one batch; the denoiser draws H hypotheses for both views from the same initial
 noise with K DDIM steps; the mirrored view's hypotheses are un-flipped
 (``skeleton.flip_pose_3d``) and averaged with the original's, hypothesis by
 hypothesis; the root joint is set to 0; ``common.metrics.MetricAccumulator``
-scores them. The initial noise of a sample is seeded by its key, so the
+scores them. The sampler, the autocast precision and torch.compile are
+options (``evaluation.sampler``, ``.precision``, ``.compile``; defaults: the
+paper's DDIM in fp32, eager), recorded in ``metrics.json``. The initial noise of a sample is seeded by its key, so the
 predictions do not depend on the batch size or on the number of processes.
 """
 import json
@@ -19,9 +21,10 @@ from tqdm import tqdm
 
 from common import distributed
 from common.checkpoints import load_backbone_weights, load_snappose_weights
+from common.acceleration import compile_denoiser, prepare_backbone, run_backbone
 from common.config import config_to_dict, output_paths
 from common.data import DEFAULT_SPLITS, build_loader
-from common.diffusion import ddim_sample
+from common.diffusion import sample as sample_poses
 from common.metrics import AGGREGATIONS, hypothesis_joint_errors
 from common.reliability import ReliabilityAccumulator
 from common.models import build_model
@@ -111,7 +114,7 @@ def initial_noise(keys, num_proposals, seed, device):
 
 @torch.no_grad()
 def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test=True,
-                       num_train_timesteps=100, seed=0):
+                       num_train_timesteps=100, seed=0, sampler="ddim", precision="fp32"):
     """Draw H hypotheses for a test batch.
 
     Args:
@@ -119,25 +122,49 @@ def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip
         batch: a test batch of ``common.data.build_loader``: image (B, 2, 3, 256, 192),
             keypoints_2d (B, 2, 17, 2), ref (B, 2, 17, 2), key (B,);
             view 0 is the original, view 1 the mirror image.
-        num_proposals: H. timesteps: DDIM steps K.
+        num_proposals: H. timesteps: sampling steps K.
         flip_test: run both views and average; False uses view 0 only.
+        sampler: one of ``common.samplers.SAMPLERS``.
+        precision: "fp32", "bf16" or "fp16" autocast of backbone and denoiser
+            (see ``common.acceleration``; prepare the backbone with ``prepare_backbone``).
     Returns:
         (B, H, 17, 3) root-relative hypotheses in metres, root exactly 0.
     """
     device = next(denoiser.parameters()).device
+    images, keypoints, ref = stack_views(batch, flip_test, device)
+    features = run_backbone(backbone, images, precision)
+    views = 2 if flip_test else 1
+    noise = initial_noise(batch["key"], num_proposals, seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
+    sample = sample_poses(denoiser, noise, keypoints, ref, features, timesteps, sampler, num_train_timesteps,
+                          precision)
+    return merge_views(sample, flip_test)
+
+
+def stack_views(batch, flip_test, device):
+    """A test batch's views, view-major (the first B rows the originals, the next B their mirrors).
+
+    Returns:
+        images (V*B, 3, 256, 192), keypoints (V*B, 1, 17, 2), ref (V*B, 17, 2) on ``device``;
+        V = 2 with ``flip_test``, else 1.
+    """
     views = 2 if flip_test else 1
     images = batch["image"][:, :views].to(device)
     keypoints = batch["keypoints_2d"][:, :views].to(device)
     ref = batch["ref"][:, :views].to(device)
-    size = images.shape[0]
-    # View-major so that the first B rows are the originals, the next B their mirrors.
     images = images.transpose(0, 1).flatten(0, 1)  # (V*B, 3, 256, 192)
     keypoints = keypoints.transpose(0, 1).flatten(0, 1)[:, None]  # (V*B, 1, 17, 2)
     ref = ref.transpose(0, 1).flatten(0, 1)  # (V*B, 17, 2)
-    features = backbone(images)
-    noise = initial_noise(batch["key"], num_proposals, seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
-    sample = ddim_sample(denoiser, noise, keypoints, ref, features, timesteps, num_train_timesteps)
-    sample = sample[:, :, 0].unflatten(0, (views, size))  # (V, B, H, 17, 3)
+    return images, keypoints, ref
+
+
+def merge_views(sample, flip_test):
+    """Sampled poses of ``stack_views``' rows (V*B, H, 1, 17, 3) -> (B, H, 17, 3), root exactly 0.
+
+    With ``flip_test`` the mirror view's hypotheses are un-flipped and averaged
+    with the original's, hypothesis by hypothesis.
+    """
+    views = 2 if flip_test else 1
+    sample = sample[:, :, 0].unflatten(0, (views, sample.shape[0] // views))  # (V, B, H, 17, 3)
     poses = sample[0]
     if flip_test:
         poses = (poses + flip_pose_3d(sample[1])) / 2
@@ -149,7 +176,7 @@ def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip
 @torch.no_grad()
 def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps, flip_test=True,
                    num_train_timesteps=100, seed=0, keep_predictions=False, figures_dir=None,
-                   num_figures=0, desc="evaluate"):
+                   num_figures=0, desc="evaluate", sampler="ddim", precision="fp32"):
     """Score every sample of ``loader`` once across all processes.
 
     Args:
@@ -159,6 +186,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
         figures_dir, num_figures: draw the first ``num_figures`` samples of the
             main process as PNG files into ``figures_dir``, and ``summary.png``
             (``visualization.draw_summary``) of all samples.
+        sampler, precision: as ``predict_hypotheses``.
     Returns:
         (accumulator, predictions): a ``ReliabilityAccumulator`` holding every
         process's samples (its ``summary()`` in millimetres and percent, with the
@@ -176,7 +204,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
     progress = tqdm(desc=desc, unit="sample", total=samples_per_pass(loader), disable=not main, dynamic_ncols=True)
     for batch in loader:
         hypotheses = predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test,
-                                        num_train_timesteps, seed).cpu()
+                                        num_train_timesteps, seed, sampler, precision).cpu()
         target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
         accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
         if curve_errors is not None:
@@ -265,20 +293,25 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     backbone, denoiser = build_networks(cfg, device, trust_checkpoint)
     checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
     e = cfg.evaluation
+    prepare_backbone(backbone, e.precision)
+    sampling_denoiser = compile_denoiser(denoiser, e.compile)
     loader = build_loader(urls, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
                           skip_bad=cfg.data.skip_bad, seed=cfg.seed)
-    log.info("evaluating %s: %d hypotheses, %d DDIM steps, flip test %s",
-             weights, e.num_proposals, e.timesteps, "on" if e.flip_test else "off")
+    log.info("evaluating %s: %d hypotheses, %d %s steps, flip test %s, %s%s",
+             weights, e.num_proposals, e.timesteps, e.sampler, "on" if e.flip_test else "off", e.precision,
+             ", compiled" if e.compile else "")
     accumulator, predictions = run_evaluation(
-        backbone, denoiser, loader, cfg.dataset, e.num_proposals, e.timesteps, e.flip_test,
+        backbone, sampling_denoiser, loader, cfg.dataset, e.num_proposals, e.timesteps, e.flip_test,
         cfg.train.num_train_timesteps, cfg.seed, keep_predictions=paths.predictions is not None,
-        figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize)
+        figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize,
+        sampler=e.sampler, precision=e.precision)
     summary = accumulator.summary()
     skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
                    split=split, num_shards=len(urls), num_proposals=e.num_proposals, timesteps=e.timesteps,
-                   flip_test=e.flip_test, skipped_samples=skipped)
+                   flip_test=e.flip_test, sampler=e.sampler, precision=e.precision, compile=e.compile,
+                   skipped_samples=skipped)
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
         named = metrics_file(paths.metrics, weights, split, cfg.dataset)

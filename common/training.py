@@ -341,7 +341,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
                     summary, _ = run_evaluation(
                         backbone, denoiser, val_loader, cfg.dataset, cfg.train.val_proposals,
                         cfg.train.val_timesteps, cfg.evaluation.flip_test, cfg.train.num_train_timesteps,
-                        cfg.seed, desc=f"validate {state.epoch}")
+                        cfg.seed, desc=f"validate {state.epoch}", sampler=cfg.train.val_sampler)
                     summary = summary.summary()
                     value = summary[BEST_METRIC]
                     line += f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
