@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.acceleration import PRECISIONS, prepare_backbone
 from common.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint
 from common.config import Config, ConfigError, config_from_dict, load_config
 from common.data import flip_test_views, normalize_image
@@ -48,6 +49,7 @@ from common.inference_inputs import (
     read_annotations, read_image, video_frames,
 )
 from common.keypoints import COCO_JOINT_NAMES, COCO_USED, HEATMAP_DECODERS, coco_to_h36m, decode_heatmaps, heatmap_to_crop
+from common.samplers import SAMPLERS
 from common.skeleton import JOINT_NAMES, NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -286,12 +288,15 @@ def detect_keypoints(model, people, method="dark"):
 
 
 def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=None, seed=None,
-                heatmap_decoding="dark"):
+                heatmap_decoding="dark", sampler=None, precision=None):
     """Lift prepared persons (one batch through backbone and denoiser); returns a LiftResult each.
 
-    Sampling settings default to the model's evaluation config; ``seed`` to its ``seed``.
+    Sampling settings (H, K, flip test, sampler, precision) default to the
+    model's evaluation config; ``seed`` to its ``seed``.
     """
     cfg = model.config
+    sampler = cfg.evaluation.sampler if sampler is None else sampler
+    precision = cfg.evaluation.precision if precision is None else precision
     num_proposals = cfg.evaluation.num_proposals if num_proposals is None else num_proposals
     timesteps = cfg.evaluation.timesteps if timesteps is None else timesteps
     flip_test = cfg.evaluation.flip_test if flip_test is None else flip_test
@@ -301,8 +306,10 @@ def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=Non
              for p in people]
     batch = {name: torch.stack([v[name] for v in views]) for name in views[0]}
     batch["key"] = [p.key for p in people]
+    prepare_backbone(model.backbone, precision)
     hypotheses = predict_hypotheses(model.backbone, model.denoiser, batch, num_proposals, timesteps, flip_test,
-                                    cfg.train.num_train_timesteps, seed).cpu().numpy()  # (B, H, 17, 3)
+                                    cfg.train.num_train_timesteps, seed, sampler,
+                                    precision).cpu().numpy()  # (B, H, 17, 3)
     results = []
     for person, poses in zip(people, hypotheses):
         mean = poses.mean(axis=0)
@@ -314,7 +321,7 @@ def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=Non
 
 
 def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key=None, num_proposals=None,
-         timesteps=None, flip_test=None, seed=None, heatmap_decoding="dark"):
+         timesteps=None, flip_test=None, seed=None, heatmap_decoding="dark", sampler=None, precision=None):
     """Lift one person of one image to 3D.
 
     Args:
@@ -326,7 +333,8 @@ def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key
         model: a LiftingModel from :func:`load_model`.
         key: names the person; its initial noise is seeded by (key, seed) as in
             evaluation. Default: the file's stem, or "image" for an array.
-        num_proposals, timesteps, flip_test, seed: sampling; default: the model's config.
+        num_proposals, timesteps, flip_test, seed, sampler, precision: sampling (see
+            ``common.samplers``, ``common.acceleration``); default: the model's config.
         heatmap_decoding: "dark" or "quarter" (``common.keypoints.decode_heatmaps``).
     Returns:
         LiftResult.
@@ -338,7 +346,8 @@ def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
     person = prepare_person(image, bbox, keypoints, keypoint_format, "image" if key is None else key)
-    return lift_people(model, [person], num_proposals, timesteps, flip_test, seed, heatmap_decoding)[0]
+    return lift_people(model, [person], num_proposals, timesteps, flip_test, seed, heatmap_decoding,
+                       sampler, precision)[0]
 
 
 # ---------------------------------------------------------------- command line
@@ -373,6 +382,10 @@ def build_parser():
     parser.add_argument("-timesteps", "--timesteps", dest="timesteps", type=int, metavar="K",
                         help="DDIM steps (default: the config's, 20)")
     parser.add_argument("--no-flip-test", action="store_true", help="lift the original view only")
+    parser.add_argument("--sampler", choices=SAMPLERS,
+                        help="sampler (default: the config's, ddim as in the paper; see README, Faster evaluation)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="autocast precision of backbone and denoiser (default: the config's, fp32)")
     parser.add_argument("--seed", type=int, help="noise seed (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=8, help="persons per batch through the networks (default: 8)")
     parser.add_argument("--device", help="'cpu', 'cuda', ... (default: CUDA if available)")
@@ -445,7 +458,7 @@ def run(args):
     figures = FigureWriter(out, stem, args.visualize, args.animate and kind != "image")
     options = dict(num_proposals=args.num_proposals, timesteps=args.timesteps,
                    flip_test=False if args.no_flip_test else None, seed=args.seed,
-                   heatmap_decoding=args.heatmap_decoding)
+                   heatmap_decoding=args.heatmap_decoding, sampler=args.sampler, precision=args.precision)
     records, pending = [], []  # pending: (record, prepared person, image) not yet lifted
 
     def flush():

@@ -291,3 +291,27 @@ def test_cli_boxes_file_sets_each_persons_crop(trained, synthetic, tmp_path):
     person = json.loads((tmp_path / "out" / "frames.json").read_text())["images"][0]["persons"][0]
     np.testing.assert_allclose(person["center"], [40 + 48, 30 + 64])
     np.testing.assert_allclose(np.array(person["scale"]) * 200, [96 * 1.25, 128 * 1.25], rtol=1e-6)
+
+
+def test_sampler_and_precision_options_reach_the_sampling(trained, synthetic):
+    """--sampler / --precision of inference take evaluation's path: the same hypotheses as predict_hypotheses."""
+    weights, _ = trained
+    _, samples, images = synthetic
+    model = infer.load_model(weights, device="cpu")
+    people = [infer.prepare_person(read_image(images[0]), *_shard_form(samples[0]), key=samples[0].key)]
+    paper = infer.lift_people(model, people)[0].hypotheses
+    trailing = infer.lift_people(model, people, sampler="ddim-trailing")[0].hypotheses
+    assert not np.allclose(trailing, paper, atol=1e-4)  # the option changes the sampling...
+    batch = {name: torch.stack([value]) for name, value in infer.flip_test_views(
+        people[0].crop, torch.from_numpy(people[0].keypoints[0]), torch.from_numpy(people[0].keypoints[1])).items()}
+    batch["key"] = [people[0].key]
+    cfg = model.config
+    expected = infer.predict_hypotheses(model.backbone, model.denoiser, batch, cfg.evaluation.num_proposals,
+                                        cfg.evaluation.timesteps, cfg.evaluation.flip_test,
+                                        cfg.train.num_train_timesteps, cfg.seed, "ddim-trailing")
+    np.testing.assert_array_equal(trailing, expected[0].numpy())  # ...exactly as evaluation's sampler does
+    bf16 = infer.lift_people(model, people, precision="bf16")[0].hypotheses
+    assert np.abs(bf16 - paper).max() < 0.05  # autocast: close to fp32, in metres
+    parser = infer.build_parser()
+    args = parser.parse_args(["x.jpg", "--checkpoint", "c.bin", "--sampler", "dpm++", "--precision", "bf16"])
+    assert (args.sampler, args.precision) == ("dpm++", "bf16")
