@@ -169,7 +169,13 @@ def process_share(shard_counts, rank=0, world_size=1, num_workers=0, max_samples
 
 
 def samples_per_pass(loader):
-    """Samples ``loader`` (a ``common.data.ShardLoader``) yields to this process in its next pass, or None if unknown."""
+    """Samples ``loader`` yields to this process in its next pass, or None if unknown.
+
+    Known for a ``common.data.ShardLoader``; any other iterable of batches (a
+    list of batches read once, say) gets a bar without a total.
+    """
+    if not hasattr(loader, "shard_order"):
+        return None
     urls = loader.shard_order()  # training shuffles the shards per epoch, and so which process reads which
     counts = count_samples(urls)
     if counts is None:
