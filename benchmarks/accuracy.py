@@ -40,6 +40,7 @@ def build_parser():
     parser.add_argument("--hypotheses", type=int, help="H (default: the config's evaluation.num_proposals)")
     parser.add_argument("--batch-size", type=int, help="default: the config's data.eval_batch_size")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     return parser
 
@@ -48,11 +49,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"device": "cpu"}
+    overrides = {"device": args.device}
     if args.webdataset_path:
         overrides["data.root"] = args.webdataset_path
     cfg = load_config(args.config, overrides)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     hypotheses = args.hypotheses or cfg.evaluation.num_proposals
     backbone, denoiser = build_networks(cfg, device)
     load_snappose_weights(denoiser, args.weights)
@@ -64,8 +65,10 @@ def main(argv=None):
                           batch_size=args.batch_size or cfg.data.eval_batch_size, max_samples=args.max_samples)
     batches = list(loader)
     count = sum(len(b["key"]) for b in batches)
-    print(f"{count} images of {cfg.data.root}, H = {hypotheses}, flip test, CPU with {torch.get_num_threads()} "
-          f"threads; images/s from decoded images to metrics")
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU with {torch.get_num_threads()} threads")
+    print(f"{count} images of {cfg.data.root}, H = {hypotheses}, flip test, {where}; "
+          f"images/s from decoded images to metrics")
     print(f"{'sampler':<14} {'K':>3} {'precision':<9} {'MPJPE':>7} {'J-Best':>7} {'P-MPJPE':>8} {'img/s':>8}")
     grid = [(s.sampler, s.steps, s.precision) for s in args.settings] if args.settings else \
         [(sampler, steps, precision) for precision in args.precisions for sampler in args.samplers
