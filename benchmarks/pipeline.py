@@ -242,8 +242,8 @@ def training_rate(cache, root, args, device):
             "weights.context": str(_context_file(denoiser, folder)), "train.epochs": 2, "train.validate_every": 0,
             "train.checkpoint_frequency": 2,
         }
-        if cache is not None:
-            overrides[f"train.{cache}"] = True
+        if cache is not None:  # the context cache takes where it is kept, the feature cache a switch
+            overrides[f"train.{cache}"] = "memory" if cache == "context_cache" else True
         cfg = load_config(None, overrides, dataset="h36m")
         train(cfg, device=device)
         log = output_paths(cfg).training_log.read_text()
