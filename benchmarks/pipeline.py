@@ -227,7 +227,8 @@ def _context_file(denoiser, folder):
 def training_rate(cache, root, args, device):
     """Training samples per second in the second of two epochs with ``cache`` (a TrainConfig key or None).
 
-    Returns None when this code has no such cache (the key is not a TrainConfig field).
+    Returns None when this code has no such cache (the key is not a TrainConfig field), or when the
+    epoch was too short to time from the log (tenths of a second).
     """
     from common.training import train
 
@@ -248,7 +249,8 @@ def training_rate(cache, root, args, device):
         train(cfg, device=device)
         log = output_paths(cfg).training_log.read_text()
     seconds = float(re.search(r"^epoch\s+2 \|.*\| ([0-9.]+) s", log, re.MULTILINE).group(1))
-    return args.train_samples / seconds
+    # The log gives tenths of a second: an epoch logged as 0.0 s was too short to time (tiny test runs).
+    return args.train_samples / seconds if seconds > 0 else None
 
 
 def build_networks(device):

@@ -36,6 +36,10 @@ from common.skeleton import NUM_JOINTS
 
 NUM_CONTEXT_TOKENS = 5  # pose token + 4 levels
 CONTEXT_PREFIXES = ("coord_embed.", "feat_embed.", "Spatial_pos_embed", "context_blocks.")
+# The fused CUDA attention kernels fail ("CUDA error: invalid argument") for more than 65,535
+# sequences in one call. The per-joint blocks attend over B x views x H x 17 sequences, which
+# passes that at about 100 images with 20 hypotheses and the flip test: attend in slices then.
+MAX_ATTENTION_BATCH = 65535
 
 
 class Attention(nn.Module):
@@ -54,7 +58,11 @@ class Attention(nn.Module):
         N, T, C = x.shape
         qkv = self.qkv(x).reshape(N, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, N, heads, T, C / heads)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T * scale) v
+        if N <= MAX_ATTENTION_BATCH:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T * scale) v
+        else:
+            out = torch.cat([F.scaled_dot_product_attention(*qkv_slice, scale=self.scale) for qkv_slice in
+                             zip(*(t.split(MAX_ATTENTION_BATCH) for t in (q, k, v)))])
         return self.proj(out.transpose(1, 2).reshape(N, T, C))
 
 

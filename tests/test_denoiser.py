@@ -176,3 +176,22 @@ def test_freeze_context_leaves_only_the_rest_trainable():
 def test_embed_dim_must_fit_the_heads():
     with pytest.raises(ValueError, match="multiple of 8"):
         SnapPoseDenoiser(embed_dim=20)
+
+
+def test_attention_over_many_sequences_is_sliced_with_the_same_result(monkeypatch):
+    """Past MAX_ATTENTION_BATCH sequences, attention runs in slices (the CUDA kernels' limit) and agrees."""
+    from common import denoiser as denoiser_module
+
+    torch.manual_seed(0)
+    attention = denoiser_module.Attention(16, 4).eval()
+    x = torch.randn(10, 6, 16)  # (sequences, tokens, width)
+    with torch.no_grad():
+        whole = attention(x)
+        calls = []
+        sdpa = denoiser_module.F.scaled_dot_product_attention
+        monkeypatch.setattr(denoiser_module, "MAX_ATTENTION_BATCH", 4)
+        monkeypatch.setattr(denoiser_module.F, "scaled_dot_product_attention",
+                            lambda q, *rest, **kw: calls.append(q.shape[0]) or sdpa(q, *rest, **kw))
+        sliced = attention(x)
+    assert calls == [4, 4, 2]
+    torch.testing.assert_close(sliced, whole, rtol=1e-6, atol=1e-6)
