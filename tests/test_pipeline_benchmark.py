@@ -65,7 +65,11 @@ def _smoke(tmp_path, device):
     assert original["mpjpe_mean_hypothesis"] == pytest.approx(today["mpjpe_mean_hypothesis"], rel=1e-4)
     for r in results["evaluation"]:
         assert r["images"] == 2 and sum(r["stages"].values()) == pytest.approx(r["seconds"])
-    assert results["training"]["no cache"] > 0 and results["training"]["feature cache"] > 0
+    rates = [results["training"][name] for name in ("no cache", "feature cache")]
+    if device == "cpu":
+        assert all(rate > 0 for rate in rates)
+    else:  # two samples a GPU trains in under the log's 0.1 s: too short to time, reported as n/a
+        assert all(rate is None or rate > 0 for rate in rates)
     return results
 
 
