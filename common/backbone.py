@@ -12,7 +12,6 @@ channels) -> stage 2 (1 module, 2 branches) -> stage 3 (4 modules, 3 branches)
 -> stage 4 (3 modules, 4 branches; the last outputs only the high-resolution
 branch). Branch widths are (w, 2w, 4w, 8w) at strides (4, 8, 16, 32).
 """
-import torch
 from torch import nn
 
 BN_MOMENTUM = 0.1

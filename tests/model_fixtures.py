@@ -66,3 +66,12 @@ def write_snappose(path, state_dict, prefix="", epoch=7, lr=5e-5):
                 "model_pos": {prefix + name: t for name, t in state_dict.items()}}, path)
     return path
 
+
+def assert_same_weights(a, b):
+    """The SnapPose checkpoint files ``a`` and ``b`` hold bit-identical denoiser weights."""
+    from common.checkpoints import read_checkpoint
+
+    wa, wb = read_checkpoint(a)["model_pos"], read_checkpoint(b)["model_pos"]
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0, msg=f"tensor {name} differs")

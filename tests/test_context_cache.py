@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 import torch
-from model_fixtures import single_thread  # noqa: F401
+from model_fixtures import assert_same_weights, single_thread  # noqa: F401
 
 import common.context_cache as context_cache
 import common.training as training
@@ -44,17 +44,6 @@ def _networks(cfg):
     backbone, denoiser = build_networks(cfg, CPU)
     load_context_weights(denoiser, cfg.context_weights)
     return backbone, denoiser
-
-
-def _weights(path):
-    return read_checkpoint(path)["model_pos"]
-
-
-def _assert_same_weights(a, b):
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0, msg=f"tensor {name} differs")
 
 
 def test_cached_loss_equals_the_image_path_without_stochastic_depth(cached_config, tmp_path):
@@ -169,7 +158,7 @@ def test_resume_at_an_epoch_boundary_reuses_the_disk_cache_and_repeats_the_run(
     resumed = cached_config(tmp_path, train__context_cache="disk", train__epochs=2)
     training.train(resumed, resume=output_paths(resumed).latest, device=CPU)
     assert not computed, "the resumed run read the cache from disk"
-    _assert_same_weights(output_paths(resumed).latest, output_paths(straight_cached_run).latest)
+    assert_same_weights(output_paths(resumed).latest, output_paths(straight_cached_run).latest)
 
 
 def test_ctrl_c_mid_epoch_resumes_exactly_with_a_memory_cache(straight_cached_run, cached_config, tmp_path,
@@ -191,7 +180,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly_with_a_memory_cache(straight_cached_ru
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)
     monkeypatch.undo()
     training.train(run, resume=output_paths(run).latest, device=CPU)
-    _assert_same_weights(output_paths(run).latest, output_paths(straight_cached_run).latest)
+    assert_same_weights(output_paths(run).latest, output_paths(straight_cached_run).latest)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -4,7 +4,7 @@ import signal
 
 import pytest
 import torch
-from model_fixtures import single_thread  # noqa: F401
+from model_fixtures import assert_same_weights, single_thread  # noqa: F401
 
 import common.training as training
 from common.checkpoints import CONTEXT_PREFIXES, read_checkpoint
@@ -13,17 +13,6 @@ from common.models import build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
-
-
-def _weights(path):
-    return read_checkpoint(path)["model_pos"]
-
-
-def _assert_same_weights(a, b):
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0, msg=f"tensor {name} differs")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +55,7 @@ def test_resume_continues_at_the_right_epoch_as_if_never_stopped(straight_run, t
     latest = read_checkpoint(output_paths(second).latest)
     assert latest["epoch"] == 2
     assert latest["lr"] == read_checkpoint(output_paths(cfg).latest)["lr"]
-    _assert_same_weights(output_paths(second).latest, output_paths(cfg).latest)
+    assert_same_weights(output_paths(second).latest, output_paths(cfg).latest)
 
 
 def _fail_at_step(monkeypatch, step, error):
@@ -93,7 +82,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(straight_run, tiny_config, t
     assert (saved["epoch"], saved["step_in_epoch"], saved["interrupted"]) == (1, 1, True)
     monkeypatch.undo()
     training.train(run, resume=output_paths(run).latest, device=CPU)
-    _assert_same_weights(output_paths(run).latest, output_paths(cfg).latest)
+    assert_same_weights(output_paths(run).latest, output_paths(cfg).latest)
 
 
 def test_crash_mid_epoch_keeps_the_last_saved_checkpoint(straight_run, tiny_config, tmp_path, monkeypatch):
@@ -106,7 +95,7 @@ def test_crash_mid_epoch_keeps_the_last_saved_checkpoint(straight_run, tiny_conf
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, 0)
     monkeypatch.undo()
     training.train(run, resume=output_paths(run).latest, device=CPU)
-    _assert_same_weights(output_paths(run).latest, output_paths(cfg).latest)
+    assert_same_weights(output_paths(run).latest, output_paths(cfg).latest)
 
 
 def test_run_shorter_than_the_validation_interval_validates_at_the_end(tiny_config, tmp_path):
@@ -122,7 +111,7 @@ def test_context_weights_stay_frozen_and_the_rest_trains(tiny_config, tmp_path):
     torch.save({"model": context}, tmp_path / "capf.bin")
     cfg = tiny_config(tmp_path / "run", train__epochs=1, train__validate_every=0, weights__pretrained_context=True,
                       weights__context=str(tmp_path / "capf.bin"))
-    trained = _weights(training.train(cfg, device=CPU))  # latest_epoch.bin: no validation, no best
+    trained = read_checkpoint(training.train(cfg, device=CPU))["model_pos"]  # latest_epoch.bin: no validation, no best
     for name, tensor in donor.state_dict().items():
         if name.startswith(CONTEXT_PREFIXES):
             assert torch.equal(trained[name], tensor), f"frozen {name} changed"
