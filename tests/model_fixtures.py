@@ -75,3 +75,19 @@ def assert_same_weights(a, b):
     assert wa.keys() == wb.keys()
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0, msg=f"tensor {name} differs")
+
+
+def fail_at_train_step(monkeypatch, step, error):
+    """Make ``common.training._train_step`` raise ``error`` at its ``step``-th call (1-based) of this test."""
+    from common import training
+
+    calls = {"n": 0}
+    real = training._train_step
+
+    def step_or_fail(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", step_or_fail)

@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 import torch
-from model_fixtures import assert_same_weights, single_thread  # noqa: F401
+from model_fixtures import assert_same_weights, fail_at_train_step, single_thread  # noqa: F401
 
 import common.context_cache as context_cache
 import common.training as training
@@ -164,16 +164,7 @@ def test_resume_at_an_epoch_boundary_reuses_the_disk_cache_and_repeats_the_run(
 def test_ctrl_c_mid_epoch_resumes_exactly_with_a_memory_cache(straight_cached_run, cached_config, tmp_path,
                                                               monkeypatch):
     run = cached_config(tmp_path, train__epochs=2)  # memory: the resumed run computes the cache again
-    calls = {"n": 0}
-    real = training._train_step
-
-    def step_or_interrupt(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # the second (last) batch of epoch 2
-            raise KeyboardInterrupt()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_train_step", step_or_interrupt)
+    fail_at_train_step(monkeypatch, 4, KeyboardInterrupt())  # the second (last) batch of epoch 2
     with pytest.raises(KeyboardInterrupt):
         training.train(run, device=CPU)
     saved = read_checkpoint(output_paths(run).latest)

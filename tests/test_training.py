@@ -4,7 +4,7 @@ import signal
 
 import pytest
 import torch
-from model_fixtures import assert_same_weights, single_thread  # noqa: F401
+from model_fixtures import assert_same_weights, fail_at_train_step, single_thread  # noqa: F401
 
 import common.training as training
 from common.checkpoints import CONTEXT_PREFIXES, read_checkpoint
@@ -58,24 +58,11 @@ def test_resume_continues_at_the_right_epoch_as_if_never_stopped(straight_run, t
     assert_same_weights(output_paths(second).latest, output_paths(cfg).latest)
 
 
-def _fail_at_step(monkeypatch, step, error):
-    calls = {"n": 0}
-    real = training._train_step
-
-    def step_or_fail(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise error
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_train_step", step_or_fail)
-
-
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(straight_run, tiny_config, tmp_path, monkeypatch):
     cfg, _ = straight_run
     run = tiny_config(tmp_path / "run", train__validate_every=0)
     # 2 batches per epoch: the 4th step is the second batch of epoch 2.
-    _fail_at_step(monkeypatch, 4, KeyboardInterrupt())
+    fail_at_train_step(monkeypatch, 4, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         training.train(run, device=CPU)
     saved = read_checkpoint(output_paths(run).latest)
@@ -88,7 +75,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(straight_run, tiny_config, t
 def test_crash_mid_epoch_keeps_the_last_saved_checkpoint(straight_run, tiny_config, tmp_path, monkeypatch):
     cfg, _ = straight_run
     run = tiny_config(tmp_path / "run", train__validate_every=0, train__checkpoint_frequency=1)
-    _fail_at_step(monkeypatch, 4, RuntimeError("simulated crash"))
+    fail_at_train_step(monkeypatch, 4, RuntimeError("simulated crash"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         training.train(run, device=CPU)
     saved = read_checkpoint(output_paths(run).latest)
