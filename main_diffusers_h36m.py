@@ -1,5 +1,5 @@
 """Train or evaluate SnapPose on Human3.6M: `python main_diffusers_h36m.py --help`."""
-from common.cli import main as cli_main
+from common.run.cli import main as cli_main
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
 """Train or evaluate SnapPose on MPI-INF-3DHP: `python main_diffusers_mpi.py --help`."""
-from common.cli import main as cli_main
+from common.run.cli import main as cli_main
 
 
 def main(argv=None):

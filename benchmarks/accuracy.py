@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.pipeline import Setting
-from common.acceleration import PRECISIONS, prepare_backbone
-from common.checkpoints import load_snappose_weights
-from common.config import load_config
-from common.data import build_loader
-from common.diffusion import SAMPLERS
-from common.evaluation import build_networks, run_evaluation
+from common.model.acceleration import PRECISIONS, prepare_backbone
+from common.model.checkpoints import load_snappose_weights
+from common.run.config import load_config
+from common.data.shards import build_loader
+from common.model.diffusion import SAMPLERS
+from common.run.evaluation import build_networks, run_evaluation
 
 
 def build_parser():

@@ -1,6 +1,6 @@
 """Benchmark: cropping one Human3.6M frame (1000 x 1002) to the 192 x 256 HRNet input.
 
-``common.geometry.crop_image`` runs once per decoded sample in the loader, so
+``common.core.geometry.crop_image`` runs once per decoded sample in the loader, so
 its time bounds how many images a loader worker can serve. Prints the best of
 ``--repeats`` rounds of ``--calls`` crops, in milliseconds per crop.
 
@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from common.geometry import crop_image
+from common.core.geometry import crop_image
 
 
 def main(argv=None):

@@ -42,8 +42,8 @@ COMMON=(--device cuda --images 512 --batch-size 64 --workers 8 --shards "$SHARDS
 cat "$RESULTS/machine.txt"
 rm -f "$RESULTS/status.txt"
 
-step shards 25 "$PYTHON" -c "from common.synthetic import generate_dataset as g; g('$SHARDS', 'h36m', num_train=256, num_test=512, workers=16, progress=False)"
-step gpu_tests 25 "$PYTHON" -m pytest tests/test_samplers.py -q -p no:cacheprovider -m gpu
+step shards 25 "$PYTHON" -c "from common.synthetic.world import generate_dataset as g; g('$SHARDS', 'h36m', num_train=256, num_test=512, workers=16, progress=False)"
+step gpu_tests 25 "$PYTHON" -m pytest tests/model/test_samplers.py -q -p no:cacheprovider -m gpu
 step eval_main 100 "$PYTHON" -m benchmarks.pipeline "${COMMON[@]}" --skip training \
     --fast ddim:20:bf16 --fast dpm++:5:fp32 --fast dpm++:5:bf16 --json "$RESULTS/eval_main.json"
 step eval_compile 80 "$PYTHON" -m benchmarks.pipeline "${COMMON[@]}" --skip original training \

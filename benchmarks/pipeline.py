@@ -1,9 +1,9 @@
 """End-to-end benchmark: evaluation from shards to metrics, and training steps, on the full-size model.
 
 Evaluation (H = 20 hypotheses, flip test, K steps) runs the evaluation's own
-code (``common.evaluation.stack_views`` / ``merge_views``, ``run_backbone``,
-``common.metrics.MetricAccumulator``) over full-frame synthetic Human3.6M
-shards (``common.synthetic``; written once, then reused), with random weights
+code (``common.run.evaluation.stack_views`` / ``merge_views``, ``run_backbone``,
+``common.analysis.metrics.MetricAccumulator``) over full-frame synthetic Human3.6M
+shards (``common.synthetic.world``; written once, then reused), with random weights
 of the released sizes (PoseHRNet-W32 and the 128-wide denoiser), for these
 settings side by side in one process:
 
@@ -22,7 +22,7 @@ Each setting first runs one untimed batch with one step (start-up costs,
 compilation); then ``--repeats`` rounds time one pass of every setting in
 turn, and the best pass of each counts.
 
-Training: samples per second of an epoch after the first (``common.training.train``,
+Training: samples per second of an epoch after the first (``common.run.training.train``,
 2 epochs, the second timed), without a cache, with ``train.cache_features``
 and with a context cache when the configuration has one (``train.context_cache``;
 "n/a" otherwise). The context layers come frozen from a random file in
@@ -46,14 +46,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.sampling import PeakMemory, original_ddim
-from common.acceleration import PRECISIONS, compile_denoiser, prepare_backbone, run_backbone
-from common.config import TrainConfig, load_config, output_paths
-from common.data import build_loader
-from common.diffusion import SAMPLERS, sample
-from common.evaluation import initial_noise, merge_views, stack_views
-from common.metrics import MetricAccumulator
-from common.models import ModelConfig, build_model
-from common.synthetic import generate_dataset
+from common.model.acceleration import PRECISIONS, compile_denoiser, prepare_backbone, run_backbone
+from common.run.config import TrainConfig, load_config, output_paths
+from common.data.shards import build_loader
+from common.model.diffusion import SAMPLERS, sample
+from common.run.evaluation import initial_noise, merge_views, stack_views
+from common.analysis.metrics import MetricAccumulator
+from common.model.networks import ModelConfig, build_model
+from common.synthetic.world import generate_dataset
 
 COMPILE_MODES = {"compile": None, "reduce-overhead": "reduce-overhead"}
 DEFAULT_FAST = ("dpm++:5:bf16", "dpm++:5:bf16:compile")
@@ -215,7 +215,7 @@ def measure_settings(settings, networks, shards, args, device):
 
 def _context_file(denoiser, folder):
     """A random Context-Aware PoseFormer file (its layout: ``{"model": {"module.volume_net.<name>": ...}}``)."""
-    from common.denoiser import CONTEXT_PREFIXES
+    from common.model.denoiser import CONTEXT_PREFIXES
 
     state = {f"module.volume_net.{name}": t for name, t in denoiser.state_dict().items()
              if name.startswith(CONTEXT_PREFIXES)}
@@ -230,7 +230,7 @@ def training_rate(cache, root, args, device):
     Returns None when this code has no such cache (the key is not a TrainConfig field), or when the
     epoch was too short to time from the log (tenths of a second).
     """
-    from common.training import train
+    from common.run.training import train
 
     if cache is not None and cache not in {f.name for f in dataclasses.fields(TrainConfig)}:
         return None

@@ -1,4 +1,4 @@
-"""Benchmark: DDIM sampling the original way against ``common.diffusion.ddim_sample``.
+"""Benchmark: DDIM sampling the original way against ``common.model.diffusion.ddim_sample``.
 
 The original copies the feature maps (and 2D inputs) once per hypothesis and
 runs the full denoiser, context blocks included, at every step.
@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.diffusion import ddim_sample, make_ddim_scheduler
-from common.models import SnapPoseDenoiser
-from common.skeleton import NUM_JOINTS
+from common.model.diffusion import ddim_sample, make_ddim_scheduler
+from common.model.networks import SnapPoseDenoiser
+from common.core.skeleton import NUM_JOINTS
 
 FEATURE_SHAPES = [(32, 64, 48), (64, 32, 24), (128, 16, 12), (256, 8, 6)]
 VARIANTS = ("ddim_sample", "original")

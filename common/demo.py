@@ -28,13 +28,13 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from common.config import load_config, output_paths
-from common.data import H36M_FIELDS, _read_fields, find_shards, read_pose_3d
-from common.evaluation import evaluate
-from common.geometry import image_coordinates
-from common.metrics import mpjpe, n_mpjpe, p_mpjpe
-from common.synthetic import generate_dataset
-from common.training import train
+from common.run.config import load_config, output_paths
+from common.data.shards import H36M_FIELDS, _read_fields, find_shards, read_pose_3d
+from common.run.evaluation import evaluate
+from common.core.geometry import image_coordinates
+from common.analysis.metrics import mpjpe, n_mpjpe, p_mpjpe
+from common.synthetic.world import generate_dataset
+from common.run.training import train
 
 log = logging.getLogger("common.demo")
 
@@ -60,7 +60,7 @@ def lift_validation_images(data_root, checkpoint, out, count=4, device=None):
     ``python -m common.infer out/images --keypoints out/keypoints.json --visualize``.
     Returns the folder of the figures.
     """
-    from common import infer
+    from common.infer import lifting as infer
 
     images, out = Path(out) / "images", Path(out)
     images.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,10 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from common.geometry import (
+from common.core.geometry import (
     CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_matrix, normalize_screen_coordinates,
 )
-from common.skeleton import NUM_JOINTS
+from common.core.skeleton import NUM_JOINTS
 
 FRAME_WIDTH, FRAME_HEIGHT = 320, 240  # small full frames keep tests fast
 FOCAL = 300.0  # pixels; puts a 1.7 m person at 5 m about 100 px tall in the small frame

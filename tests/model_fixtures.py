@@ -5,8 +5,8 @@ specification's key lists and stores it the way the authors' files do).
 import pytest
 import torch
 
-from common.denoiser import SnapPoseDenoiser
-from common.skeleton import NUM_JOINTS
+from common.model.denoiser import SnapPoseDenoiser
+from common.core.skeleton import NUM_JOINTS
 
 TINY_CHANNELS = (4, 8, 16, 32)
 
@@ -69,7 +69,7 @@ def write_snappose(path, state_dict, prefix="", epoch=7, lr=5e-5):
 
 def assert_same_weights(a, b):
     """The SnapPose checkpoint files ``a`` and ``b`` hold bit-identical denoiser weights."""
-    from common.checkpoints import read_checkpoint
+    from common.model.checkpoints import read_checkpoint
 
     wa, wb = read_checkpoint(a)["model_pos"], read_checkpoint(b)["model_pos"]
     assert wa.keys() == wb.keys()
@@ -78,8 +78,8 @@ def assert_same_weights(a, b):
 
 
 def fail_at_train_step(monkeypatch, step, error):
-    """Make ``common.training._train_step`` raise ``error`` at its ``step``-th call (1-based) of this test."""
-    from common import training
+    """Make ``common.run.training._train_step`` raise ``error`` at its ``step``-th call (1-based) of this test."""
+    from common.run import training
 
     calls = {"n": 0}
     real = training._train_step

@@ -1,7 +1,7 @@
 """Expected values written independently of the code under test.
 
 The mirror table is spelled out joint by joint instead of being derived from
-``common.skeleton``, and the metrics are re-derived in NumPy from their
+``common.core.skeleton``, and the metrics are re-derived in NumPy from their
 definitions (SPEC §7), so that a broken flip table or a broken metric in
 ``common`` cannot also produce the value it is compared with.
 """
@@ -94,7 +94,7 @@ KNOWN_PCK17 = 100 * 10 / 17
 
 
 def known_error_predictor(backbone, denoiser, batch, num_proposals, *args, **kwargs):
-    """Stand-in for ``common.evaluation.predict_hypotheses``: every hypothesis is the ground
+    """Stand-in for ``common.run.evaluation.predict_hypotheses``: every hypothesis is the ground
     truth moved along x by KNOWN_ERRORS_MM, so each joint's error is known in advance."""
     target = batch["keypoints_3d"][:, 0]  # (B, 17, 3) metres
     offset = torch.zeros(17, 3, dtype=target.dtype)

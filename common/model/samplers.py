@@ -1,0 +1,101 @@
+"""Samplers: K denoising steps from x_T ~ N(0, I) to a 3D pose, by name.
+
+Every sampler is a diffusers scheduler built on the training schedule (100
+steps, linear betas 1e-4 to 0.02, epsilon prediction), so each one turns the
+same trained denoiser into poses; they differ only in which timesteps they
+visit and how they combine the predicted noise:
+
+- ``"ddim"``: the paper's sampler and the default. ``DDIMScheduler`` with its
+  defaults: eta 0, "leading" spacing (K = 20 starts at t = 95, K = 5 at t = 80),
+  ``clip_sample=True``.
+- ``"ddim-trailing"``: the same DDIM with "trailing" spacing, which starts at
+  t = 99, where x_T ~ N(0, I) belongs; much better than "leading" at small K.
+- ``"dpm++"``: ``DPMSolverMultistepScheduler``, DPM-Solver++ of order 2
+  (first order at the last step), diffusers' default "linspace" spacing (which
+  also starts at t = 99), final sigma 0.
+- ``"unipc"``: ``UniPCMultistepScheduler`` (predictor-corrector, order 2, "bh2"),
+  "linspace" spacing, final sigma 0.
+
+The predicted x_0 is clamped to [-1, 1] m by every sampler: DDIM does it with
+``clip_sample``; DPM-Solver++ and UniPC with ``thresholding=True`` and
+``sample_max_value=1.0``, which makes their dynamic threshold exactly 1 (the
+per-sample percentile s is clamped to [1, sample_max_value]), i.e. the same
+clamp. Poses are root-relative metres, so the clamp only bites on wild early
+predictions. Each sampler calls the denoiser once per step (K calls).
+
+The network may run under autocast (``precision``); the scheduler's arithmetic
+always runs in float32 on a float32 sample.
+"""
+import torch
+from tqdm.auto import tqdm
+
+from common.model.acceleration import autocast
+
+# The schedule the denoiser was trained on (DDPMScheduler's defaults; see common.model.diffusion).
+TRAINING_SCHEDULE = {"beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon"}
+# The x_0 clamp of DDIM's clip_sample, for the schedulers that spell it as thresholding.
+_CLAMP_X0 = {"thresholding": True, "sample_max_value": 1.0}
+
+# Sampler name -> (diffusers scheduler class name, options beyond the training schedule). Class names,
+# not classes, so that the command line and the config know the names without importing diffusers.
+_SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, **_CLAMP_X0}),
+    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, **_CLAMP_X0}),
+}
+SAMPLERS = tuple(_SCHEDULERS)
+
+
+def make_sampling_scheduler(sampler="ddim", num_train_timesteps=100):
+    """A fresh diffusers scheduler for ``sampler`` (one of ``SAMPLERS``) on the training schedule.
+
+    Multistep schedulers keep state between steps: build one per sampling run.
+    """
+    if sampler not in _SCHEDULERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    import diffusers
+
+    name, options = _SCHEDULERS[sampler]
+    return getattr(diffusers, name)(num_train_timesteps=num_train_timesteps, **TRAINING_SCHEDULE, **options)
+
+
+@torch.no_grad()
+def sample(denoiser, noise, keypoints_2d, ref, features, num_steps, sampler="ddim", num_train_timesteps=100,
+           precision="fp32", progress=False):
+    """Run ``num_steps`` steps of ``sampler`` from ``noise`` and return the final x_0.
+
+    The context (pose token and deformable blocks) depends on neither the noisy
+    pose nor the timestep, so it is computed once per batch; every step then
+    runs only ``denoiser.denoise``, with the H hypotheses folded into the batch
+    there. With ``sampler="ddim"`` and fp32 this is ``common.model.diffusion.ddim_sample``.
+
+    Args:
+        denoiser: anything with ``encode_context`` and ``denoise`` as ``SnapPoseDenoiser``
+            (in eval mode), e.g. ``common.model.acceleration.compile_denoiser(denoiser)``.
+        noise: (B, H, 1, J, 3) initial x_T, usually ``torch.randn``, float32.
+        keypoints_2d: (B, 1, J, 2); ref: (B, J, 2); features: four maps (B, C_l, h_l, w_l).
+        num_steps: K, denoiser calls (1 <= K <= num_train_timesteps).
+        sampler: one of ``SAMPLERS``.
+        num_train_timesteps: the training schedule's length.
+        precision: "fp32", "bf16" or "fp16": autocast of the denoiser's calls.
+        progress: show a progress bar over the steps.
+    Returns:
+        (B, H, 1, J, 3) float32, metres; the root joint is not zeroed (the caller does that).
+    """
+    if noise.dim() != 5:
+        raise ValueError(f"expected noise (B, H, 1, J, 3), got {tuple(noise.shape)}")
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
+    scheduler = make_sampling_scheduler(sampler, num_train_timesteps)
+    scheduler.set_timesteps(num_steps)
+    with autocast(noise.device, precision):
+        context = denoiser.encode_context(keypoints_2d, ref, features)
+    B = noise.shape[0]
+    x = noise
+    for timestep in tqdm(scheduler.timesteps, desc=sampler, leave=False, disable=not progress):
+        t = torch.full((B,), int(timestep), dtype=torch.long, device=noise.device)
+        with autocast(noise.device, precision):
+            predicted = denoiser.denoise(context, x, t)
+        x = scheduler.step(predicted.float(), int(timestep), x).prev_sample
+    return x

@@ -1,0 +1,330 @@
+"""Evaluation: H hypotheses by a sampler (DDIM by default), flip test, metrics, predictions and figures.
+
+For each test sample the frozen backbone sees the crop and its mirror image in
+one batch; the denoiser draws H hypotheses for both views from the same initial
+noise with K DDIM steps; the mirrored view's hypotheses are un-flipped
+(``skeleton.flip_pose_3d``) and averaged with the original's, hypothesis by
+hypothesis; the root joint is set to 0; ``common.analysis.metrics.MetricAccumulator``
+scores them. The sampler, the autocast precision and torch.compile are
+options (``evaluation.sampler``, ``.precision``, ``.compile``; defaults: the
+paper's DDIM in fp32, eager), recorded in ``metrics.json``. The initial noise of a sample is seeded by its key, so the
+predictions do not depend on the batch size or on the number of processes.
+"""
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.run import distributed
+from common.model.checkpoints import load_backbone_weights, load_snappose_weights
+from common.model.acceleration import compile_denoiser, prepare_backbone, run_backbone
+from common.run.config import config_to_dict, output_paths
+from common.data.shards import DEFAULT_SPLITS, build_loader
+from common.model.diffusion import sample as sample_poses
+from common.analysis.metrics import AGGREGATIONS, hypothesis_joint_errors
+from common.analysis.reliability import ReliabilityAccumulator
+from common.model.networks import build_model
+from common.data.counts import samples_per_pass
+from common.core.skeleton import ROOT_JOINT, flip_pose_3d
+from common.data.splits import evaluation_shards
+from common.analysis.figures import draw_sample, draw_summary
+
+log = logging.getLogger(__name__)
+
+# Seed of the backbone's initial weights, used as they are when no pretrained file is loaded.
+RANDOM_BACKBONE_SEED = 0
+
+WEIGHT_SOURCES = {
+    "backbone": ("the PoseHRNet-W32 backbone weights (pose_hrnet_w32_256x192.pth, released with "
+                 "HRNet and SnapPose)", "--backbone-weights"),
+    "context": ("the Context-Aware PoseFormer weights (human36m_nips_retrain.bin or "
+                "mpi-inf_nips_retrain.bin, released with Context-Aware PoseFormer)", "--context-weights"),
+}
+
+
+def require_weight_file(candidates, kind):
+    """The first existing file of ``candidates`` (a path or a sequence of paths, in search order).
+
+    Raises:
+        FileNotFoundError: a candidate is a folder, or none exists; the message
+            lists every place looked at, what the file is and how to point elsewhere.
+    """
+    candidates = [candidates] if isinstance(candidates, (str, Path)) else list(candidates)
+    what, flag = WEIGHT_SOURCES[kind]
+    for path in candidates:
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"weight file {path} is a folder; it should be the file holding {what} "
+                                    f"(pass the file itself with {flag})")
+        if Path(path).is_file():
+            return Path(path)
+    where = (f"weight file {candidates[0]} not found" if len(candidates) == 1 else
+             f"weight file not found at any of the places looked at ({', '.join(map(str, candidates))})")
+    raise FileNotFoundError(
+        f"{where}: it should hold {what}. Put it {'there' if len(candidates) == 1 else 'at one of them'}, "
+        f"pass its path with {flag}, or set weights.pretrained_{kind}: false in the config to run with "
+        f"random weights")
+
+
+def resolve_device(device):
+    return torch.device(device) if device is not None else distributed.init_distributed("auto")
+
+
+def _build_seeded(model_cfg, seed, heatmap_joints=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model_cfg, heatmap_joints)
+
+
+def build_networks(cfg, device, trust_checkpoint=False, heatmap_joints=0):
+    """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
+
+    The denoiser's initial weights follow ``cfg.seed``, the same in every
+    process. A config with ``weights.pretrained_backbone: false`` keeps a random
+    backbone (and logs a warning); it is drawn from a fixed seed, whatever
+    ``cfg.seed`` and the process, so that training and evaluation see the same one.
+    ``trust_checkpoint`` unpickles the weight file fully (see ``checkpoints.read_checkpoint``).
+    ``heatmap_joints`` = 17 also builds (and loads) the backbone's heatmap head.
+    """
+    backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED, heatmap_joints)
+    _, denoiser = _build_seeded(cfg.model, cfg.seed)
+    if cfg.weights.pretrained_backbone:
+        path = require_weight_file(cfg.backbone_weights, "backbone")
+        log.info("backbone weights: %s", path)
+        load_backbone_weights(backbone, path, trust_checkpoint)
+    else:
+        log.warning("backbone weights: none loaded (weights.pretrained_backbone is false); "
+                    "the backbone is random, which suits synthetic data only")
+    backbone.requires_grad_(False)
+    backbone.eval()
+    return backbone.to(device), denoiser.to(device)
+
+
+def initial_noise(keys, num_proposals, seed, device):
+    """x_T ~ N(0, I) of shape (B, H, 1, 17, 3), each sample's drawn from a generator seeded by its key."""
+    noise = []
+    for key in keys:
+        generator = torch.Generator().manual_seed((zlib.crc32(str(key).encode()) + 7919 * seed) % 2**63)
+        noise.append(torch.randn((num_proposals, 1, 17, 3), generator=generator))
+    return torch.stack(noise).to(device)  # (B, H, 1, 17, 3)
+
+
+@torch.no_grad()
+def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test=True,
+                       num_train_timesteps=100, seed=0, sampler="ddim", precision="fp32"):
+    """Draw H hypotheses for a test batch.
+
+    Args:
+        backbone, denoiser: networks in eval mode (the denoiser unwrapped from DDP).
+        batch: a test batch of ``common.data.shards.build_loader``: image (B, 2, 3, 256, 192),
+            keypoints_2d (B, 2, 17, 2), ref (B, 2, 17, 2), key (B,);
+            view 0 is the original, view 1 the mirror image.
+        num_proposals: H. timesteps: sampling steps K.
+        flip_test: run both views and average; False uses view 0 only.
+        sampler: one of ``common.model.samplers.SAMPLERS``.
+        precision: "fp32", "bf16" or "fp16" autocast of backbone and denoiser
+            (see ``common.model.acceleration``; prepare the backbone with ``prepare_backbone``).
+    Returns:
+        (B, H, 17, 3) root-relative hypotheses in metres, root exactly 0.
+    """
+    device = next(denoiser.parameters()).device
+    images, keypoints, ref = stack_views(batch, flip_test, device)
+    features = run_backbone(backbone, images, precision)
+    views = 2 if flip_test else 1
+    noise = initial_noise(batch["key"], num_proposals, seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
+    sample = sample_poses(denoiser, noise, keypoints, ref, features, timesteps, sampler, num_train_timesteps,
+                          precision)
+    return merge_views(sample, flip_test)
+
+
+def stack_views(batch, flip_test, device):
+    """A test batch's views, view-major (the first B rows the originals, the next B their mirrors).
+
+    Returns:
+        images (V*B, 3, 256, 192), keypoints (V*B, 1, 17, 2), ref (V*B, 17, 2) on ``device``;
+        V = 2 with ``flip_test``, else 1.
+    """
+    views = 2 if flip_test else 1
+    images = batch["image"][:, :views].to(device)
+    keypoints = batch["keypoints_2d"][:, :views].to(device)
+    ref = batch["ref"][:, :views].to(device)
+    images = images.transpose(0, 1).flatten(0, 1)  # (V*B, 3, 256, 192)
+    keypoints = keypoints.transpose(0, 1).flatten(0, 1)[:, None]  # (V*B, 1, 17, 2)
+    ref = ref.transpose(0, 1).flatten(0, 1)  # (V*B, 17, 2)
+    return images, keypoints, ref
+
+
+def merge_views(sample, flip_test):
+    """Sampled poses of ``stack_views``' rows (V*B, H, 1, 17, 3) -> (B, H, 17, 3), root exactly 0.
+
+    With ``flip_test`` the mirror view's hypotheses are un-flipped and averaged
+    with the original's, hypothesis by hypothesis.
+    """
+    views = 2 if flip_test else 1
+    sample = sample[:, :, 0].unflatten(0, (views, sample.shape[0] // views))  # (V, B, H, 17, 3)
+    poses = sample[0]
+    if flip_test:
+        poses = (poses + flip_pose_3d(sample[1])) / 2
+    poses = poses.clone()
+    poses[..., ROOT_JOINT, :] = 0
+    return poses
+
+
+@torch.no_grad()
+def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps, flip_test=True,
+                   num_train_timesteps=100, seed=0, keep_predictions=False, figures_dir=None,
+                   num_figures=0, desc="evaluate", sampler="ddim", precision="fp32"):
+    """Score every sample of ``loader`` once across all processes.
+
+    Args:
+        loader: test batches (``build_loader(..., train=False)``), split over processes.
+        dataset: "h36m" or "mpi" (which metrics are reported).
+        keep_predictions: also return keys, hypotheses and ground truth of all samples.
+        figures_dir, num_figures: draw the first ``num_figures`` samples of the
+            main process as PNG files into ``figures_dir``, and ``summary.png``
+            (``visualization.draw_summary``) of all samples.
+        sampler, precision: as ``predict_hypotheses``.
+    Returns:
+        (accumulator, predictions): a ``ReliabilityAccumulator`` holding every
+        process's samples (its ``summary()`` in millimetres and percent, with the
+        hypotheses' reliability; its ``table()`` printable), and on the main process,
+        if kept, {"keys" (N,), "hypotheses" (N, H, 17, 3), "ground_truth" (N, 17, 3)}
+        in metres; else None.
+    """
+    denoiser.eval()
+    accumulator = ReliabilityAccumulator(dataset)
+    kept = {"keys": [], "hypotheses": [], "ground_truth": []}
+    # MPI's PCK curve in the summary figure needs per-joint errors, which the accumulator does not keep.
+    curve_errors = {a: [] for a in AGGREGATIONS} if figures_dir is not None and dataset == "mpi" else None
+    drawn = 0
+    main = distributed.is_main_process()
+    progress = tqdm(desc=desc, unit="sample", total=samples_per_pass(loader), disable=not main, dynamic_ncols=True)
+    for batch in loader:
+        hypotheses = predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test,
+                                        num_train_timesteps, seed, sampler, precision).cpu()
+        target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
+        accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
+        if curve_errors is not None:
+            for aggregation, errors in curve_errors.items():
+                errors.append(hypothesis_joint_errors(hypotheses, target, "mpjpe", aggregation).numpy())
+        if keep_predictions:
+            kept["keys"].extend(batch["key"])
+            kept["hypotheses"].append(hypotheses.numpy().astype(np.float32))
+            kept["ground_truth"].append(target.numpy().astype(np.float32))
+        if main and figures_dir is not None and drawn < num_figures:
+            for i in range(min(num_figures - drawn, len(target))):
+                draw_sample(Path(figures_dir) / f"{batch['key'][i]}.png", batch["image"][i, 0],
+                            batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
+                            title=str(batch["key"][i]))
+                drawn += 1
+        progress.update(len(hypotheses))  # after the figures, which take seconds each
+    progress.close()
+    merged = ReliabilityAccumulator(dataset)
+    for arrays in distributed.all_gather_objects(accumulator.arrays()):
+        merged.merge(arrays)
+    if len(merged) == 0:
+        raise RuntimeError("the evaluation saw no samples: check the test shards (-w) and --max-samples")
+    if curve_errors is not None:
+        curve_errors = distributed.gather_arrays(
+            {a: _concat(chunks, (0, 17)) for a, chunks in curve_errors.items()})
+    if main and figures_dir is not None:
+        draw_summary(Path(figures_dir) / "summary.png", merged.summary(), dataset, curve_errors)
+    predictions = None
+    if keep_predictions:
+        local = {"keys": np.asarray(kept["keys"], dtype=str),
+                 "hypotheses": _concat(kept["hypotheses"], (0, num_proposals, 17, 3)),
+                 "ground_truth": _concat(kept["ground_truth"], (0, 17, 3))}
+        gathered = distributed.gather_arrays(local)
+        predictions = gathered if main else None
+    return merged, predictions
+
+
+def _concat(chunks, empty_shape):
+    return np.concatenate(chunks) if chunks else np.zeros(empty_shape, dtype=np.float32)
+
+
+
+def write_predictions(path, predictions):
+    """Save keys (N,), hypotheses (N, H, 17, 3) and ground truth (N, 17, 3), metres, as npz."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **predictions)
+    return path
+
+
+def metrics_file(latest, weights, split, dataset):
+    """Where an evaluation's metrics go so that no other checkpoint or split overwrites them.
+
+    ``metrics_<checkpoint name>.json`` beside ``latest`` (``metrics.json``, which
+    always holds the latest evaluation), with ``_<split>`` added when the split
+    is not the dataset's test split: ``metrics_best_h36m.json``,
+    ``metrics_latest_epoch_train.json``.
+    """
+    suffix = "" if split == DEFAULT_SPLITS[dataset, False] else f"_{split}"
+    return Path(latest).parent / f"metrics_{Path(weights).stem}{suffix}.json"
+
+
+def evaluate(cfg, weights, device=None, trust_checkpoint=False):
+    """Evaluate the SnapPose checkpoint ``weights`` on the test split of ``cfg.data.root``.
+
+    Prints the metrics table and, on the main process, writes
+    ``metrics_<checkpoint>.json`` (see :func:`metrics_file`) and a copy as
+    ``metrics.json`` (the latest evaluation), and, as configured, the
+    predictions npz and PNG figures, where ``config.output_paths(cfg)`` says.
+    Refuses shards of a training split unless ``data.allow_train_split``.
+
+    Args:
+        cfg: Config; uses data, model, weights.backbone, evaluation, seed.
+        weights: SnapPose checkpoint file (``best_h36m.bin``, ``latest_epoch.bin``, ...).
+        device: torch.device; None initialises (distributed) from the environment.
+        trust_checkpoint: unpickle the weight files fully, which can run code from
+            them (see ``checkpoints.read_checkpoint``); only for trusted files.
+    Returns:
+        The metrics summary dict (millimetres; PCK and AUC in percent), with
+        "checkpoint", "epoch", the split and its shards, the sampling settings
+        and "skipped_samples" (bad samples passed over with ``data.skip_bad``) added.
+    """
+    urls, split = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split)
+    device = resolve_device(device)
+    paths = output_paths(cfg)
+    backbone, denoiser = build_networks(cfg, device, trust_checkpoint)
+    checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
+    e = cfg.evaluation
+    prepare_backbone(backbone, e.precision)
+    sampling_denoiser = compile_denoiser(denoiser, e.compile)
+    loader = build_loader(urls, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
+                          num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
+                          skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+    log.info("evaluating %s: %d hypotheses, %d %s steps, flip test %s, %s%s",
+             weights, e.num_proposals, e.timesteps, e.sampler, "on" if e.flip_test else "off", e.precision,
+             ", compiled" if e.compile else "")
+    accumulator, predictions = run_evaluation(
+        backbone, sampling_denoiser, loader, cfg.dataset, e.num_proposals, e.timesteps, e.flip_test,
+        cfg.train.num_train_timesteps, cfg.seed, keep_predictions=paths.predictions is not None,
+        figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize,
+        sampler=e.sampler, precision=e.precision)
+    summary = accumulator.summary()
+    skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
+    summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
+                   split=split, num_shards=len(urls), num_proposals=e.num_proposals, timesteps=e.timesteps,
+                   flip_test=e.flip_test, sampler=e.sampler, precision=e.precision, compile=e.compile,
+                   skipped_samples=skipped)
+    if distributed.is_main_process():
+        print(accumulator.table(), flush=True)
+        named = metrics_file(paths.metrics, weights, split, cfg.dataset)
+        if named.is_file():
+            log.info("%s held an earlier evaluation of %s on split '%s'; replacing it", named, weights, split)
+        text = json.dumps({"metrics": summary, "config": config_to_dict(cfg)}, indent=2)
+        named.parent.mkdir(parents=True, exist_ok=True)
+        named.write_text(text)
+        paths.metrics.write_text(text)
+        log.info("metrics written to %s (and to %s, the latest evaluation)", named, paths.metrics)
+        if predictions is not None:
+            log.info("predictions written to %s", write_predictions(paths.predictions, predictions))
+        if e.visualize:
+            log.info("figures written to %s", paths.figures)
+    distributed.barrier()
+    return summary

@@ -1,0 +1,317 @@
+"""Inference on a user's images (common.infer.lifting): parity with evaluation, inputs, outputs and errors."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import single_thread  # noqa: F401
+from PIL import Image
+
+from common.infer import lifting as infer
+from common.model.checkpoints import save_checkpoint
+from common.run.config import config_to_dict
+from common.data.shards import shard_writer
+from common.run.evaluation import evaluate
+from common.core.geometry import image_coordinates
+from common.infer.inputs import InputError, read_image
+from common.infer.keypoints import COCO_COPIED, COCO_USED, coco_to_h36m
+from common.model.networks import build_model
+from common.synthetic.world import encode_sample, make_sample
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+SAMPLES = (0, 5)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Two synthetic validation samples: their shard (under root/validation) and their jpg frames as files."""
+    root = tmp_path_factory.mktemp("synthetic")
+    (root / "validation").mkdir()
+    samples = [make_sample("h36m", "validation", i, seed=3) for i in SAMPLES]
+    images = []
+    with shard_writer(root / "validation" / "data-000000.tar") as writer:
+        for sample in samples:
+            encoded = encode_sample(sample, "h36m")
+            writer.write(encoded)
+            path = root / "frames" / f"{sample.key}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(encoded["jpg"])  # the very bytes the shard holds
+            images.append(path)
+    return root, samples, images
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_config, synthetic, tmp_path_factory):
+    """A tiny checkpoint that stores its config (random backbone, as the demo's), and that config."""
+    root, _, _ = synthetic
+    cfg = tiny_config(tmp_path_factory.mktemp("run"), data__root=str(root), evaluation__num_proposals=4,
+                      evaluation__timesteps=2, seed=5)
+    _, denoiser = build_model(cfg.model)
+    torch.manual_seed(1)
+    with torch.no_grad():  # untrained weights, perturbed so that every input matters
+        for parameter in denoiser.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    path = save_checkpoint(cfg.checkpoint + "/best_h36m.bin", denoiser, epoch=1, config=config_to_dict(cfg))
+    return path, cfg
+
+
+def _shard_form(sample):
+    fields = sample.fields
+    return ({"center": fields["center"], "scale": fields["scale"]},
+            {"normalized": fields["joints_2d_cpn"], "crop": fields["joints_2d_cpn_crop"]})
+
+
+def test_lifting_shard_images_gives_exactly_the_evaluated_hypotheses(trained, synthetic, tmp_path):
+    weights, cfg = trained
+    _, samples, images = synthetic
+    cfg.evaluation.save_predictions = str(tmp_path / "predictions.npz")
+    evaluate(cfg, weights, device=torch.device("cpu"))
+    evaluated = np.load(cfg.evaluation.save_predictions)
+    assert list(evaluated["keys"]) == [s.key for s in samples]  # one batch, in shard order
+    model = infer.load_model(weights, device="cpu")  # config and random backbone from the checkpoint alone
+    # The same batch as evaluation's (a batch's composition changes float rounding in the matrix products).
+    people = [infer.prepare_person(read_image(image), *_shard_form(sample), key=sample.key)
+              for sample, image in zip(samples, images)]
+    results = infer.lift_people(model, people)
+    np.testing.assert_array_equal(np.stack([r.hypotheses for r in results]), evaluated["hypotheses"])
+
+    for row, (sample, image) in enumerate(zip(samples, images)):
+        bbox, keypoints = _shard_form(sample)
+        single = infer.lift(image, bbox=bbox, keypoints=keypoints, model=model)
+        assert single.key == sample.key  # the file's stem seeds the noise
+        np.testing.assert_allclose(single.hypotheses, evaluated["hypotheses"][row], atol=1e-5)
+        # The same keypoints as image pixels (H36M order) take the pixel path: equal up to float rounding.
+        pixels = _pixels(sample)
+        again = infer.lift(image, bbox=bbox, keypoints=pixels, keypoint_format="h36m", model=model)
+        np.testing.assert_allclose(again.hypotheses, evaluated["hypotheses"][row], atol=1e-4)
+        np.testing.assert_allclose(again.keypoints_2d, pixels, atol=1e-3)
+    other = infer.lift(images[0], *_shard_form(samples[0]), model=model, key="another")
+    assert not np.allclose(other.hypotheses, evaluated["hypotheses"][0], atol=1e-3)
+
+
+def test_result_mean_and_spread_follow_the_hypotheses(trained, synthetic):
+    weights, _ = trained
+    _, samples, images = synthetic
+    model = infer.load_model(weights, device="cpu")
+    result = infer.lift(images[1], keypoints=_pixels(samples[1]),
+                        keypoint_format="h36m", model=model, num_proposals=6)
+    assert result.hypotheses.shape == (6, 17, 3)
+    np.testing.assert_allclose(result.mean, result.hypotheses.mean(axis=0), atol=1e-7)
+    assert (result.hypotheses[:, 0] == 0).all()
+    deviation = result.hypotheses - result.mean
+    expected = 1000 * np.sqrt((deviation ** 2).sum(-1).mean(0))
+    np.testing.assert_allclose(result.spread_mm, expected, rtol=1e-5)
+
+
+def _pixels(sample):
+    return image_coordinates(sample.fields["joints_2d_cpn"].astype(np.float64), 1000, 1002)
+
+
+def test_unpacks_as_backbone_and_denoiser(trained):
+    backbone, denoiser = infer.load_model(trained[0], device="cpu")
+    assert not backbone.training and not denoiser.training
+
+
+def test_box_conversion_and_errors():
+    center, scale = infer.box_center_scale((100, 50, 96, 128), 640, 480)
+    np.testing.assert_allclose(center, [148, 114])
+    np.testing.assert_allclose(scale * 200, [96 * 1.25, 128 * 1.25])
+    # A wide box grows in height to the crop's 3:4 aspect.
+    _, scale = infer.box_center_scale((0, 0, 300, 100), 640, 480)
+    np.testing.assert_allclose(scale * 200, [300 * 1.25, 400 * 1.25])
+    with pytest.raises(InputError, match="outside the 640 x 480 image"):
+        infer.box_center_scale((700, 10, 50, 50), 640, 480)
+    with pytest.raises(InputError, match="w, h > 0"):
+        infer.box_center_scale((10, 10, 0, 50), 640, 480)
+
+
+def test_keypoint_errors_name_the_problem():
+    with pytest.raises(InputError, match="expected 17 keypoints"):
+        infer.h36m_keypoints(np.zeros((16, 2)), "coco")
+    coco = np.ones((17, 3))
+    coco[[1, 15], 2] = 0
+    with pytest.raises(InputError, match="left_eye, left_ankle missing"):
+        infer.h36m_keypoints(coco, "coco")
+    coco[1, 2], coco[15, 2], coco[3, 2] = 1, 1, 0  # an ear is not needed
+    pixels, scores = infer.h36m_keypoints(coco, "coco")
+    assert pixels.shape == (17, 2) and scores.shape == (17,)
+
+
+def _write_frames(folder, synthetic, count=3):
+    _, samples, images = synthetic
+    folder.mkdir()
+    frames = [np.asarray(Image.open(images[i % len(images)]).convert("RGB"))[::4, ::4] for i in range(count)]
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame_{i:03d}.png")
+    return frames
+
+
+def _h36m_keypoints_json(path, names, sample):
+    pixels = _pixels(sample) / 4
+    path.write_text(json.dumps({name: [{"keypoints": pixels.tolist(), "format": "h36m"}] for name in names}))
+    return path
+
+
+def test_cli_folder_gives_one_result_per_image_with_json_npz_and_figures(trained, synthetic, tmp_path, capsys):
+    frames = _write_frames(tmp_path / "frames", synthetic, count=2)
+    names = [f"frame_{i:03d}.png" for i in range(len(frames))]
+    keypoints = _h36m_keypoints_json(tmp_path / "kp.json", names, synthetic[1][0])
+    status = infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
+                         "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "2", "--visualize",
+                         "--animate", "-num_proposals", "3"])
+    assert status == 0
+    document = json.loads((tmp_path / "out" / "frames.json").read_text())
+    assert [image["image"] for image in document["images"]] == names
+    assert all(len(image["persons"]) == 1 for image in document["images"])
+    npz = np.load(tmp_path / "out" / "frames.npz")
+    assert npz["hypotheses"].shape == (2, 3, 17, 3) and list(npz["images"]) == names
+    assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 2
+    with Image.open(tmp_path / "out" / "frames.gif") as gif:
+        assert gif.n_frames == 2
+    assert "lifted 2 person(s) in 2 image(s)" in capsys.readouterr().out
+
+
+def test_cli_gif_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
+    frames = _write_frames(tmp_path / "frames", synthetic, count=4)
+    video = tmp_path / "clip.gif"
+    Image.fromarray(frames[0]).save(video, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]])
+    keypoints = _h36m_keypoints_json(tmp_path / "kp.json", [str(i) for i in range(4)], synthetic[1][0])
+    status = infer.main([str(video), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints), "--out",
+                         str(tmp_path / "out"), "--device", "cpu", "-num_proposals", "2", "--every", "2"])
+    assert status == 0
+    npz = np.load(tmp_path / "out" / "clip.npz")
+    assert list(npz["frames"]) == [0, 2] and list(npz["keys"]) == ["clip_000000", "clip_000002"]
+
+
+def test_mp4_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
+    av = pytest.importorskip("av")
+    frames = _write_frames(tmp_path / "frames", synthetic, count=3)
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1] // 2 * 2, frames[0].shape[0] // 2 * 2, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame[:stream.height, :stream.width], format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    keypoints = _h36m_keypoints_json(tmp_path / "kp.json", ["0", "1", "2"], synthetic[1][0])
+    assert infer.main([str(video), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints), "--out",
+                       str(tmp_path / "out"), "--device", "cpu", "-num_proposals", "2"]) == 0
+    assert list(np.load(tmp_path / "out" / "clip.npz")["frames"]) == [0, 1, 2]
+
+
+def test_cli_bad_inputs_give_clear_errors(trained, synthetic, tmp_path, caplog):
+    weights = str(trained[0])
+    common = ["--checkpoint", weights, "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert infer.main([str(tmp_path / "missing.jpg")] + common) == 2
+    assert "missing.jpg not found" in caplog.text
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert infer.main([str(broken)] + common) == 2
+    assert "cannot read image" in caplog.text
+    image = synthetic[2][0]
+    assert infer.main([str(image), "--bbox", "5000", "0", "10", "10"] + common) == 2
+    assert "lies outside the 1000 x 1002 image" in caplog.text
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({image.name: [{"keypoints": [[1, 2]] * 16}]}))
+    assert infer.main([str(image), "--keypoints", str(short)] + common) == 2
+    assert "expected 17 keypoints" in caplog.text
+    # The demo-like model has a random backbone: no heatmap head to find keypoints with.
+    assert infer.main([str(image)] + common) == 2
+    assert "give keypoints" in caplog.text
+
+
+def test_coco_mapping_is_used_for_coco_keypoints():
+    coco = np.random.default_rng(0).uniform(0, 100, (17, 2))
+    pixels, scores = infer.h36m_keypoints(coco, "coco")
+    assert scores is None
+    for h36m, source in COCO_COPIED.items():
+        np.testing.assert_array_equal(pixels[h36m], coco[source])
+
+
+def test_heatmap_keypoints_map_back_to_image_pixels(trained, synthetic, monkeypatch):
+    """Keypoints found by the heatmap head land where the heatmap peaks say, in image pixels and H36M order."""
+    model = infer.load_model(trained[0], device="cpu")
+    peaks = np.random.default_rng(0).uniform([8, 8], [40, 56], (17, 2))  # COCO order, heatmap pixels (x, y)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(48.0), indexing="ij")
+    maps = torch.stack([torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 8) for x, y in peaks])[None]
+    monkeypatch.setattr(type(model), "has_heatmaps", property(lambda self: True))
+    monkeypatch.setattr(model.backbone, "heatmaps", lambda features: maps.expand(len(features[0]), -1, -1, -1),
+                        raising=False)
+    image = read_image(synthetic[2][0])
+    result = infer.lift(image, bbox=(300, 200, 300, 400), model=model, num_proposals=2)
+    assert result.keypoint_source == "heatmaps"
+    center, scale = infer.box_center_scale((300, 200, 300, 400), 1000, 1002)
+    box = scale * 200
+    # Crop pixel 4 * p is the box's left/top edge plus that share of the box (SPEC §2's crop, inverted by hand).
+    crop = coco_to_h36m(4 * peaks)
+    expected = center + (crop - np.array([191 / 2, 255 / 2])) * (box[0] - 1) / 191
+    np.testing.assert_allclose(result.keypoints_2d, expected, atol=0.05)
+    assert result.keypoint_scores.shape == (17,) and (result.keypoint_scores > 0.9).all()
+
+
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real" / "coco"
+
+
+@pytest.mark.skipif(not (REAL / "test_coco.json").is_file(), reason=f"real COCO photos not found at {REAL}")
+def test_real_photos_with_coco_annotations(trained, tmp_path, caplog):
+    annotations = REAL / "test_coco.json"
+    common = [str(REAL), "--checkpoint", str(trained[0]), "--keypoints", str(annotations), "--device", "cpu",
+              "-num_proposals", "2", "-timesteps", "1", "--batch-size", "16"]
+    assert infer.main(common + ["--out", str(tmp_path / "strict")]) == 2
+    assert "missing (visibility or score 0)" in caplog.text
+    assert infer.main(common + ["--out", str(tmp_path / "out"), "--skip-incomplete"]) == 0
+    coco = json.loads(annotations.read_text())
+    names = {image["id"]: image["file_name"] for image in coco["images"]}
+    complete = [a for a in coco["annotations"] if all(a["keypoints"][3 * j + 2] > 0 for j in COCO_USED)]
+    document = json.loads((tmp_path / "out" / "coco.json").read_text())
+    persons = {image["image"]: image["persons"] for image in document["images"]}
+    assert sum(len(p) for p in persons.values()) == len(complete) > 0
+    for name in {names[a["image_id"]] for a in complete}:
+        ours = [a for a in complete if names[a["image_id"]] == name]
+        for annotation, person in zip(ours, persons[name]):
+            keypoints = np.array(annotation["keypoints"], dtype=np.float64).reshape(17, 3)[:, :2]
+            h36m = np.array(person["keypoints_2d"])
+            np.testing.assert_allclose(h36m[0], (keypoints[11] + keypoints[12]) / 2, atol=1e-3)  # mid-hips
+            np.testing.assert_allclose(h36m[8], (keypoints[5] + keypoints[6]) / 2, atol=1e-3)  # mid-shoulders
+            x, y, w, h = annotation["bbox"]  # the crop is centred on the person's box
+            np.testing.assert_allclose(person["center"], [x + w / 2, y + h / 2], atol=1e-3)
+
+
+def test_cli_boxes_file_sets_each_persons_crop(trained, synthetic, tmp_path):
+    _write_frames(tmp_path / "frames", synthetic, count=1)
+    keypoints = _h36m_keypoints_json(tmp_path / "kp.json", ["frame_000.png"], synthetic[1][0])
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"frame_000.png": [[40, 30, 96, 128]]}))
+    assert infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
+                       "--boxes", str(boxes), "--out", str(tmp_path / "out"), "--device", "cpu",
+                       "-num_proposals", "2", "-timesteps", "1"]) == 0
+    person = json.loads((tmp_path / "out" / "frames.json").read_text())["images"][0]["persons"][0]
+    np.testing.assert_allclose(person["center"], [40 + 48, 30 + 64])
+    np.testing.assert_allclose(np.array(person["scale"]) * 200, [96 * 1.25, 128 * 1.25], rtol=1e-6)
+
+
+def test_sampler_and_precision_options_reach_the_sampling(trained, synthetic):
+    """--sampler / --precision of inference take evaluation's path: the same hypotheses as predict_hypotheses."""
+    weights, _ = trained
+    _, samples, images = synthetic
+    model = infer.load_model(weights, device="cpu")
+    people = [infer.prepare_person(read_image(images[0]), *_shard_form(samples[0]), key=samples[0].key)]
+    paper = infer.lift_people(model, people)[0].hypotheses
+    trailing = infer.lift_people(model, people, sampler="ddim-trailing")[0].hypotheses
+    assert not np.allclose(trailing, paper, atol=1e-4)  # the option changes the sampling...
+    batch = {name: torch.stack([value]) for name, value in infer.flip_test_views(
+        people[0].crop, torch.from_numpy(people[0].keypoints[0]), torch.from_numpy(people[0].keypoints[1])).items()}
+    batch["key"] = [people[0].key]
+    cfg = model.config
+    expected = infer.predict_hypotheses(model.backbone, model.denoiser, batch, cfg.evaluation.num_proposals,
+                                        cfg.evaluation.timesteps, cfg.evaluation.flip_test,
+                                        cfg.train.num_train_timesteps, cfg.seed, "ddim-trailing")
+    np.testing.assert_array_equal(trailing, expected[0].numpy())  # ...exactly as evaluation's sampler does
+    bf16 = infer.lift_people(model, people, precision="bf16")[0].hypotheses
+    assert np.abs(bf16 - paper).max() < 0.05  # autocast: close to fp32, in metres
+    parser = infer.build_parser()
+    args = parser.parse_args(["x.jpg", "--checkpoint", "c.bin", "--sampler", "dpm++", "--precision", "bf16"])
+    assert (args.sampler, args.precision) == ("dpm++", "bf16")
