@@ -1,3 +1,5 @@
 """The ground every other package stands on: the 17-joint skeleton, crop and camera
-geometry, and reading pickles without running code. Imports nothing of ``common``.
+geometry, reading pickles without running code, shared errors.
+
+May import nothing of ``common``.
 """

@@ -1,0 +1,114 @@
+"""The package plan of ``common/`` holds: imports point only downward, and no module imports itself back.
+
+The allowed edges are the ones ``common/__init__.py`` and each package's
+docstring state; a new import that breaks them fails here, with the line.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+COMMON = Path(__file__).resolve().parents[1] / "common"
+
+# package -> the packages it may import (besides itself)
+ALLOWED = {
+    "core": set(),
+    "data": {"core"},
+    "synthetic": {"core", "data"},
+    "model": {"core"},
+    "analysis": {"core", "data"},
+    "run": {"core", "data", "model", "analysis"},
+    "infer": {"core", "data", "model", "analysis", "run"},
+}
+
+
+def module_name(path, root=COMMON):
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path, known):
+    """The ``common`` modules a file imports, with line numbers; ``from common.x import y`` names y if it is a module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names if alias.name.startswith("common")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("common"):
+            submodules = [f"{node.module}.{alias.name}" for alias in node.names]
+            found += [(name if name in known else node.module, node.lineno) for name in submodules]
+    return found
+
+
+def module_level_imports(path, known):
+    """Like ``imported_modules`` but only the imports that run when the module is imported."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("common")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("common"):
+            found += [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                      for a in node.names]
+    return found
+
+
+def find_modules(root=COMMON):
+    return {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+
+
+def layer_violations(modules):
+    wrong = []
+    for name, path in modules.items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in ALLOWED:
+            continue  # common itself and the top-level commands may import anything
+        for target, line in imported_modules(path, modules):
+            segments = target.split(".")
+            if len(segments) >= 2 and segments[1] != parts[1] and segments[1] not in ALLOWED[parts[1]]:
+                wrong.append(f"{name}:{line} imports {target}")
+    return wrong
+
+
+@pytest.fixture(scope="module")
+def modules():
+    return find_modules()
+
+
+def test_every_package_has_a_docstring_saying_what_it_may_import(modules):
+    for package in ALLOWED:
+        doc = ast.get_docstring(ast.parse((COMMON / package / "__init__.py").read_text()))
+        assert doc and "import" in doc, f"common/{package}/__init__.py should say what lives there and what it may import"
+
+
+def test_imports_point_only_downward(modules):
+    wrong = layer_violations(modules)
+    assert not wrong, "imports against the package plan:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycle(modules):
+    graph = {name: {t for t in module_level_imports(path, modules) if t in modules and t != name}
+             for name, path in modules.items()}
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_checker_sees_a_wrong_import(tmp_path):
+    """The check above can fail: an upward import (model -> run) is reported, a downward one is not."""
+    root = tmp_path / "common"
+    (root / "model").mkdir(parents=True)
+    (root / "run").mkdir()
+    (root / "model" / "bad.py").write_text("from common.run.config import Config\n")
+    (root / "run" / "good.py").write_text("from common.model import bad\n")
+    assert layer_violations(find_modules(root)) == ["common.model.bad:1 imports common.run.config"]
