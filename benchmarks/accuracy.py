@@ -21,7 +21,7 @@ from benchmarks.pipeline import Setting
 from common.model.acceleration import PRECISIONS, prepare_backbone
 from common.model.checkpoints import load_snappose_weights
 from common.run.config import load_config
-from common.data.shards import build_loader
+from common.data.loader import build_loader
 from common.model.diffusion import SAMPLERS
 from common.run.evaluation import build_networks, run_evaluation
 

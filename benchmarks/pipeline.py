@@ -48,7 +48,7 @@ import torch
 from benchmarks.sampling import PeakMemory, original_ddim
 from common.model.acceleration import PRECISIONS, compile_denoiser, prepare_backbone, run_backbone
 from common.run.config import TrainConfig, load_config, output_paths
-from common.data.shards import build_loader
+from common.data.loader import build_loader
 from common.model.diffusion import SAMPLERS, sample
 from common.run.evaluation import initial_noise, merge_views, stack_views
 from common.analysis.metrics import MetricAccumulator

@@ -29,7 +29,8 @@ import webdataset as wds
 from PIL import Image
 
 from common.run.config import load_config, output_paths
-from common.data.shards import H36M_FIELDS, _read_fields, find_shards, read_pose_3d
+from common.data.loader import find_shards
+from common.data.samples import H36M_FIELDS, read_fields, read_pose_3d
 from common.run.evaluation import evaluate
 from common.core.geometry import image_coordinates
 from common.analysis.metrics import mpjpe, n_mpjpe, p_mpjpe
@@ -69,7 +70,7 @@ def lift_validation_images(data_root, checkpoint, out, count=4, device=None):
     for sample in source:
         if len(people) == count:
             break
-        labels = _read_fields(sample, sample.get("__url__"), sample["__key__"], H36M_FIELDS)
+        labels = read_fields(sample, sample.get("__url__"), sample["__key__"], H36M_FIELDS)
         name = f"{sample['__key__']}.jpg"
         (images / name).write_bytes(sample["jpg"])
         width, height = Image.open(images / name).size

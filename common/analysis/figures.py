@@ -14,16 +14,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from common.analysis.metrics import _AGGREGATION_LABELS, AGGREGATIONS, AUC_THRESHOLDS, mpjpe, pck_per_sample
+from common.analysis.metrics import AGGREGATION_LABELS, AGGREGATIONS, AUC_THRESHOLDS, mpjpe, pck_per_sample
+from common.analysis.reliability import hypothesis_spread
 from common.core.skeleton import H36M_ACTIONS, LEFT_JOINTS, MPI_EVAL_JOINTS, PARENTS, RIGHT_JOINTS
+from common.data.samples import IMAGE_MEAN, IMAGE_STD
 
-# The normalisation the reader applies to images (RGB / 255, then per channel).
-_IMAGE_MEAN = np.array([0.485, 0.456, 0.406])
-_IMAGE_STD = np.array([0.229, 0.224, 0.225])
 # (name, elevation, azimuth in degrees, the plot axis that points at the viewer and so has no readable ticks).
 VIEWPOINTS = (("front view", 10.0, -90.0, "y"), ("side view", 10.0, 0.0, "x"))
 SIDE_COLOURS = {"left": "tab:blue", "right": "tab:red", "centre": "dimgray"}
 HYPOTHESIS_COLOUR = "darkgray"
+BONES = tuple((j, p) for j, p in enumerate(PARENTS) if p >= 0)  # (joint, parent) pairs
 
 
 def _numpy(x):
@@ -33,11 +33,7 @@ def _numpy(x):
 def image_to_rgb(image):
     """Undo the reader's normalisation: (3, H, W) normalized -> (H, W, 3) RGB in [0, 1]."""
     image = _numpy(image).astype(np.float64).transpose(1, 2, 0)  # (H, W, 3)
-    return np.clip(image * _IMAGE_STD + _IMAGE_MEAN, 0, 1)
-
-
-def _bones():
-    return [(j, p) for j, p in enumerate(PARENTS) if p >= 0]
+    return np.clip(image * IMAGE_STD + IMAGE_MEAN, 0, 1)
 
 
 def side_colour(joint):
@@ -46,13 +42,44 @@ def side_colour(joint):
     return SIDE_COLOURS[side]
 
 
-def _draw_pose_3d(ax, pose, linewidth, color=None, alpha=1.0, linestyle="-"):
-    """One skeleton; ``color`` None colours each bone by side."""
-    # Camera coordinates have y pointing down and z away from the camera;
-    # plot (x, z, -y) so that the person stands upright in matplotlib's frame.
-    for j, p in _bones():
-        ax.plot([pose[j, 0], pose[p, 0]], [pose[j, 2], pose[p, 2]], [-pose[j, 1], -pose[p, 1]],
-                color=color or side_colour(j), linewidth=linewidth, alpha=alpha, linestyle=linestyle)
+def upright(pose):
+    """(..., 3) camera coordinates -> the (x, z, -y) plot coordinates in which the person stands upright.
+
+    Camera coordinates have y pointing down and z away from the camera.
+    """
+    return pose[..., 0], pose[..., 2], -pose[..., 1]
+
+
+def draw_pose_2d(ax, keypoints, joint_size=8):
+    """A 2D skeleton on image axes: (17, 2) pixels, bones coloured by side, joints yellow."""
+    for j, p in BONES:
+        ax.plot(keypoints[[j, p], 0], keypoints[[j, p], 1], color=side_colour(j), linewidth=2)
+    ax.scatter(keypoints[:, 0], keypoints[:, 1], s=joint_size, color="yellow", zorder=3)
+
+
+def draw_pose_3d(ax, pose, linewidth, color=None, alpha=1.0, linestyle="-"):
+    """One (17, 3) skeleton on 3D axes; ``color`` None colours each bone by side."""
+    for j, p in BONES:
+        ax.plot(*upright(pose[[j, p]]), color=color or side_colour(j), linewidth=linewidth, alpha=alpha,
+                linestyle=linestyle)
+
+
+def frame_pose_axes(ax, viewpoint, radius, zoom=1.15):
+    """Point 3D axes along one of ``VIEWPOINTS`` over a cube of half-side ``radius`` metres, labelled."""
+    name, elevation, azimuth, towards_viewer = viewpoint
+    ax.view_init(elev=elevation, azim=azimuth)
+    ax.set_xlim(-radius, radius)
+    ax.set_ylim(-radius, radius)
+    ax.set_zlim(-radius, radius)
+    ax.set_box_aspect((1, 1, 1), zoom=zoom)
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_major_locator(MaxNLocator(3))
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("z (m)")
+    ax.set_zlabel("-y (m)")
+    # Seen edge-on, that axis's ticks would print on top of each other.
+    getattr(ax, f"set_{towards_viewer}ticklabels")([])
+    getattr(ax, f"set_{towards_viewer}label")("")
 
 
 def _legend_handles():
@@ -66,12 +93,11 @@ def _legend_handles():
 def sample_title(hypotheses, ground_truth):
     """"MPJPE of the mean ... mm, spread of the H hypotheses ... mm" for (H, 17, 3) and (17, 3) metres.
 
-    The spread is the mean distance of a hypothesis's joint from the same joint of the mean hypothesis.
+    The spread is ``common.analysis.reliability.hypothesis_spread``.
     """
     hypotheses, ground_truth = torch.as_tensor(hypotheses), torch.as_tensor(ground_truth)
-    mean = hypotheses.mean(dim=0)
-    error = 1000 * float(mpjpe(mean, ground_truth))
-    spread = 1000 * float(mpjpe(hypotheses, mean.expand_as(hypotheses)))
+    error = 1000 * float(mpjpe(hypotheses.mean(dim=0), ground_truth))
+    spread = 1000 * float(hypothesis_spread(hypotheses[None]))
     return f"MPJPE of the mean {error:.1f} mm, spread of the {len(hypotheses)} hypotheses {spread:.1f} mm"
 
 
@@ -102,34 +128,20 @@ def draw_sample(path, image, keypoints_crop, hypotheses, ground_truth, title=Non
     FigureCanvasAgg(figure)
     ax = figure.add_subplot(1, 3, 1)
     ax.imshow(image_to_rgb(image))
-    for j, p in _bones():
-        ax.plot(keypoints_crop[[j, p], 0], keypoints_crop[[j, p], 1], color=side_colour(j), linewidth=2)
-    ax.scatter(keypoints_crop[:, 0], keypoints_crop[:, 1], s=8, color="yellow", zorder=3)
+    draw_pose_2d(ax, keypoints_crop)
     ax.set_title("crop and 2D joints")
     ax.axis("off")
 
     # Framed on the truth and the mean, so that a stray hypothesis does not shrink the person.
     radius = max(1.15 * float(np.abs(np.concatenate([mean, ground_truth])).max()), 0.1)
-    for index, (name, elevation, azimuth, towards_viewer) in enumerate(VIEWPOINTS):
+    for index, viewpoint in enumerate(VIEWPOINTS):
         ax = figure.add_subplot(1, 3, index + 2, projection="3d")
         for pose in hypotheses:
-            _draw_pose_3d(ax, pose, 0.7, color=HYPOTHESIS_COLOUR, alpha=0.6)
-        _draw_pose_3d(ax, ground_truth, 2.2)
-        _draw_pose_3d(ax, mean, 1.8, linestyle="--")
-        ax.view_init(elev=elevation, azim=azimuth)
-        ax.set_xlim(-radius, radius)
-        ax.set_ylim(-radius, radius)
-        ax.set_zlim(-radius, radius)
-        ax.set_box_aspect((1, 1, 1), zoom=1.15)
-        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
-            axis.set_major_locator(MaxNLocator(3))
-        ax.set_xlabel("x (m)")
-        ax.set_ylabel("z (m)")
-        ax.set_zlabel("-y (m)")
-        # Seen edge-on, that axis's ticks would print on top of each other.
-        getattr(ax, f"set_{towards_viewer}ticklabels")([])
-        getattr(ax, f"set_{towards_viewer}label")("")
-        ax.set_title(name)
+            draw_pose_3d(ax, pose, 0.7, color=HYPOTHESIS_COLOUR, alpha=0.6)
+        draw_pose_3d(ax, ground_truth, 2.2)
+        draw_pose_3d(ax, mean, 1.8, linestyle="--")
+        frame_pose_axes(ax, viewpoint, radius)
+        ax.set_title(viewpoint[0])
         if index == 0:
             ax.legend(handles=_legend_handles(), loc="upper left", fontsize=7)
     figure.subplots_adjust(left=0.02, right=0.98, bottom=0.06, top=0.84, wspace=0.02)
@@ -164,7 +176,7 @@ def draw_summary(path, summary, dataset, joint_errors=None):
         for aggregation in AGGREGATIONS:
             errors = torch.as_tensor(joint_errors[aggregation])
             curve = [100 * float(pck_per_sample(errors, t, MPI_EVAL_JOINTS).mean()) for t in AUC_THRESHOLDS]
-            ax.plot(millimetres, curve, marker=".", label=f"{_AGGREGATION_LABELS[aggregation]}, "
+            ax.plot(millimetres, curve, marker=".", label=f"{AGGREGATION_LABELS[aggregation]}, "
                     f"AUC {summary[f'auc14_{aggregation}_hypothesis']:.1f} %")
         ax.set_xlabel("threshold (mm)")
         ax.set_ylabel("PCK, 14 joints (%)")
@@ -181,7 +193,7 @@ def draw_summary(path, summary, dataset, joint_errors=None):
             key = f"mpjpe_{aggregation}_hypothesis"
             values = [per_action_of(key)[name] for name in groups] + [summary[key]]
             positions = np.arange(len(values)) + (k - (len(AGGREGATIONS) - 1) / 2) * width
-            ax.bar(positions, values, width, label=_AGGREGATION_LABELS[aggregation])
+            ax.bar(positions, values, width, label=AGGREGATION_LABELS[aggregation])
         ax.set_xticks(np.arange(len(groups) + 1))
         ax.set_xticklabels(groups + ["all frames"], rotation=35, ha="right")
         ax.set_ylabel("MPJPE (mm)")

@@ -1,4 +1,4 @@
-"""3D pose metrics (SPEC §7): pure tensor functions on metres.
+"""3D pose metrics (``docs/formats.md``, Metrics): pure tensor functions on metres.
 
 Every function takes torch tensors in metres and asserts their shapes first.
 Joint axis order is ``common.core.skeleton`` (17 joints). Printed numbers are in
@@ -28,7 +28,7 @@ every action weighs the same whatever its frame count).
 import numpy as np
 import torch
 
-from common.core.skeleton import H36M_ACTIONS, MPI_EVAL_JOINTS, NUM_JOINTS
+from common.core.skeleton import DATASETS, H36M_ACTIONS, MPI_EVAL_JOINTS, NUM_JOINTS
 
 PROTOCOLS = ("mpjpe", "p_mpjpe", "n_mpjpe")
 AGGREGATIONS = ("mean", "median", "best_pose", "best_joint")
@@ -36,8 +36,9 @@ PCK_THRESHOLD = 0.150  # metres
 AUC_THRESHOLDS = tuple(t / 1000 for t in range(0, 151, 5))  # 0:5:150 mm, in metres
 ALL_JOINTS = tuple(range(NUM_JOINTS))
 
-_PROTOCOL_LABELS = {"mpjpe": "MPJPE", "p_mpjpe": "P-MPJPE", "n_mpjpe": "N-MPJPE"}
-_AGGREGATION_LABELS = {
+# How tables and figures name the protocols and aggregations.
+PROTOCOL_LABELS = {"mpjpe": "MPJPE", "p_mpjpe": "P-MPJPE", "n_mpjpe": "N-MPJPE"}
+AGGREGATION_LABELS = {
     "mean": "mean (P-Agg)", "median": "median", "best_pose": "best pose (P-Best)",
     "best_joint": "best joint (J-Best)",
 }
@@ -295,7 +296,7 @@ class MetricAccumulator:
     """
 
     def __init__(self, dataset="h36m", protocols=PROTOCOLS, aggregations=AGGREGATIONS):
-        _check_choice("dataset", dataset, ("h36m", "mpi"))
+        _check_choice("dataset", dataset, DATASETS)
         for p in protocols:
             _check_choice("protocol", p, PROTOCOLS)
         for a in aggregations:
@@ -396,23 +397,23 @@ class MetricAccumulator:
         """Printable table of :meth:`summary` in millimetres (and percent)."""
         s = self.summary()
         lines = [f"{s['num_samples']} samples"]
-        header = f"{'hypotheses':<22}" + "".join(f"{_PROTOCOL_LABELS[p] + ' (mm)':>16}" for p in self.protocols)
+        header = f"{'hypotheses':<22}" + "".join(f"{PROTOCOL_LABELS[p] + ' (mm)':>16}" for p in self.protocols)
         lines.append(header)
         for a in self.aggregations:
-            lines.append(f"{_AGGREGATION_LABELS[a]:<22}"
+            lines.append(f"{AGGREGATION_LABELS[a]:<22}"
                          + "".join(f"{s[f'{p}_{a}_hypothesis']:>16.2f}" for p in self.protocols))
         if self.dataset == "mpi":
             lines.append("")
             lines.append(f"{'hypotheses':<22}{'PCK14 (%)':>12}{'AUC14 (%)':>12}{'PCK17 (%)':>12}{'AUC17 (%)':>12}")
             for a in self.aggregations:
-                lines.append(f"{_AGGREGATION_LABELS[a]:<22}" + "".join(
+                lines.append(f"{AGGREGATION_LABELS[a]:<22}" + "".join(
                     f"{s[f'{m}{n}_{a}_hypothesis']:>12.2f}" for n in (14, 17) for m in ("pck", "auc")))
             lines.append("PCK at 150 mm, AUC over 0:5:150 mm; 14 = official joints, 17 = all joints")
         if "per_action" in s:
             for p in self.protocols:
                 lines.append("")
-                lines.append(f"{_PROTOCOL_LABELS[p] + ' (mm)':<16}"
-                             + "".join(f"{_AGGREGATION_LABELS[a]:>22}" for a in self.aggregations))
+                lines.append(f"{PROTOCOL_LABELS[p] + ' (mm)':<16}"
+                             + "".join(f"{AGGREGATION_LABELS[a]:>22}" for a in self.aggregations))
                 keys = [f"{p}_{a}_hypothesis" for a in self.aggregations]
                 for number in sorted(H36M_ACTIONS):
                     name = H36M_ACTIONS[number]

@@ -2,8 +2,10 @@
 
 A diffusion lifter draws H hypotheses per sample; where they agree, the mean is
 usually right. Measures (metres inside, millimetres in summaries):
-- ``hypothesis_spread``: per sample, the hypotheses' mean distance from their
-  mean pose (over hypotheses and joints): the model's own uncertainty.
+- ``joint_spread``: per joint, the hypotheses' mean distance from their mean
+  pose: the model's own uncertainty, and the one definition of "spread" that
+  analysis, figures and inference share.
+- ``hypothesis_spread``: per sample, ``joint_spread`` averaged over the joints.
 - ``reliability_curve``: keep the samples whose spread is below a threshold; for
   each share kept (the most certain 10 %, 20 %, ... 100 %), the MPJPE of the
   kept samples' mean hypotheses. A reliable spread gives a curve that rises
@@ -24,11 +26,16 @@ SHARES = tuple(i / 10 for i in range(1, 11))
 NEAREST_PERCENT = (10, 25, 50, 75, 100)
 
 
-def hypothesis_spread(hypotheses):
-    """Mean distance of the hypotheses from their mean pose: (B, H, J, 3) -> (B,), same unit."""
+def joint_spread(hypotheses):
+    """Per joint, the mean distance of the hypotheses from their mean pose: (B, H, J, 3) -> (B, J), same unit."""
     assert hypotheses.dim() == 4 and hypotheses.shape[-1] == 3, (
         f"expected hypotheses (B, H, J, 3), got {tuple(hypotheses.shape)}")
-    return (hypotheses - mean_hypothesis(hypotheses)[:, None]).norm(dim=-1).mean(dim=(1, 2))
+    return (hypotheses - mean_hypothesis(hypotheses)[:, None]).norm(dim=-1).mean(dim=1)
+
+
+def hypothesis_spread(hypotheses):
+    """Mean distance of the hypotheses from their mean pose over joints: (B, H, J, 3) -> (B,), same unit."""
+    return joint_spread(hypotheses).mean(dim=1)
 
 
 def reliability_curve(spread, errors, shares=SHARES):

@@ -19,7 +19,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from common.data.shards import H36M_KEY, parse_key
+from common.data.samples import H36M_KEY, parse_key
 from common.analysis.reliability import ReliabilityAccumulator, nearest_table
 
 REQUIRED = {"keys": 1, "hypotheses": 4, "ground_truth": 3}

@@ -1,9 +1,12 @@
-"""The 17-joint Human3.6M skeleton (VideoPose3D order), its flip and action names.
+"""The 17-joint Human3.6M skeleton (VideoPose3D order), its flip, action names and the two datasets.
 
 Every array in SnapPose that has a joint axis uses this order.
 """
 import numpy as np
 import torch
+
+# The datasets SnapPose reads, as configs, shards and command lines name them.
+DATASETS = ("h36m", "mpi")
 
 NUM_JOINTS = 17
 

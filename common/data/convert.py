@@ -48,7 +48,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.core import safe_pickle
-from common.data.shards import PARTIAL_SUFFIX, shard_writer
+from common.data.loader import find_shards
+from common.data.samples import PARTIAL_SUFFIX, ShardDataError, decode_sample, shard_writer
 from common.core.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
 
 SPLITS = ("train", "validation")
@@ -452,15 +453,13 @@ def validate_shards(directory, dataset=None, progress=True):
     """Read a shard set back: decode every sample and count them per subject and action.
 
     Args:
-        directory: a folder of ``*.tar`` shards (or anything ``common.data.shards.find_shards`` accepts).
+        directory: a folder of ``*.tar`` shards (or anything ``common.data.loader.find_shards`` accepts).
         dataset: ``"h36m"`` or ``"mpi"``; None tells it from the first image entry.
     Returns:
         dict: ``samples``, ``shards``, ``failures`` (list of {shard, key, error}),
         ``per_subject_action`` {"S9": {"Directions": n}} (MPI test keys give "TS<n>").
     """
-    from common.data import shards as data  # the reader needs torch; conversion itself does not
-
-    urls = data.find_shards(directory)
+    urls = find_shards(directory)
     counts = defaultdict(Counter)
     failures, samples = [], 0
     with tqdm(desc="validating", unit="sample", disable=not progress) as bar:
@@ -472,8 +471,8 @@ def validate_shards(directory, dataset=None, progress=True):
                     if dataset is None:
                         dataset = "mpi" if "png" in sample else "h36m"
                     try:
-                        decoded = data.decode_sample(sample, dataset, train=False)
-                    except data.ShardDataError as exn:
+                        decoded = decode_sample(sample, dataset, train=False)
+                    except ShardDataError as exn:
                         failures.append({"shard": url, "key": sample.get("__key__"), "error": str(exn)})
                         continue
                     subject, action = decoded["subject"], decoded["action"]

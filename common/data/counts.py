@@ -18,16 +18,13 @@ import os
 import tarfile
 
 from common.data.convert import REPORT_NAME, SHARD_PATTERN
+from common.data.loader import ShardPlan, is_remote, sample_quota
 
 log = logging.getLogger(__name__)
 
 CACHE_NAME = ".sample_counts.json"
 # The synthetic generator's record of a folder (common.synthetic.world writes it).
 MANIFEST_NAME = "manifest.json"
-
-
-def _is_remote(url):
-    return url.startswith("pipe:") or "://" in url
 
 
 def _read_json(path):
@@ -123,12 +120,12 @@ def count_samples(urls):
     """Samples of each shard, in the order of ``urls``; None if any shard is remote or unreadable.
 
     Args:
-        urls: local shard paths, as ``common.data.shards.find_shards`` lists them.
+        urls: local shard paths, as ``common.data.loader.find_shards`` lists them.
     Returns:
         list of ints (one per shard) or None.
     """
     urls = [os.fspath(url) for url in urls]
-    if any(_is_remote(url) for url in urls):
+    if any(is_remote(url) for url in urls):
         return None
     by_folder = {}
     for url in urls:
@@ -148,31 +145,21 @@ def count_samples(urls):
 
 
 def process_share(shard_counts, rank=0, world_size=1, num_workers=0, max_samples=None):
-    """Samples one process reads in one pass of ``common.data.shards.ShardLoader``.
+    """Samples one process reads in one pass of ``common.data.loader.ShardLoader``.
 
-    ``shard_counts`` are in the order of the pass (``ShardLoader.shard_order``).
-    Mirrors the loader's division of work: each of the ``world_size x
-    max(num_workers, 1)`` consumers reads every consumer-count-th shard, or,
-    with fewer shards than consumers, every consumer-count-th sample of all
-    shards; ``max_samples`` over all processes gives each process its share.
+    ``shard_counts`` are in the order of the pass (``ShardLoader.shard_order``);
+    the division of work is the loader's own (``ShardPlan``), and ``max_samples``
+    over all processes gives each process its share (``sample_quota``).
     """
-    workers = max(num_workers, 1)
-    consumers = world_size * workers
-    mine = range(rank * workers, (rank + 1) * workers)
-    if len(shard_counts) >= consumers:
-        share = sum(count for i, count in enumerate(shard_counts) if i % consumers in mine)
-    else:
-        total = sum(shard_counts)
-        share = sum(len(range(index, total, consumers)) for index in mine)
-    if max_samples is not None:
-        share = min(share, max_samples // world_size + (rank < max_samples % world_size))
-    return share
+    share = ShardPlan(len(shard_counts), rank, world_size).process_share(shard_counts, num_workers)
+    quota = sample_quota(max_samples, rank, world_size)
+    return share if quota is None else min(share, quota)
 
 
 def samples_per_pass(loader):
     """Samples ``loader`` yields to this process in its next pass, or None if unknown.
 
-    Known for a ``common.data.shards.ShardLoader``; any other iterable of batches (a
+    Known for a ``common.data.loader.ShardLoader``; any other iterable of batches (a
     list of batches read once, say) gets a bar without a total.
     """
     if not hasattr(loader, "shard_order"):

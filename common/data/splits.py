@@ -11,7 +11,7 @@ import logging
 import posixpath
 
 from common.core.errors import ConfigError
-from common.data.shards import DEFAULT_SPLITS, find_shards
+from common.data.loader import DEFAULT_SPLITS, find_shards
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def evaluation_shards(source, dataset, allow_train_split=False, purpose="evaluat
     """The shard URLs an evaluation or validation of ``dataset`` reads from ``source``, checked and logged.
 
     Args:
-        source: ``data.root`` (anything ``common.data.shards.find_shards`` takes); a
+        source: ``data.root`` (anything ``common.data.loader.find_shards`` takes); a
             directory's ``validation/`` (h36m) or ``test/`` (mpi) folder is used when present.
         allow_train_split: score shards from a ``train`` folder anyway.
         purpose: "evaluation" or "validation", for the messages.

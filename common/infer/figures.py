@@ -1,9 +1,11 @@
 """Pictures of lifted people: the image with its 2D skeleton beside the 3D hypotheses, and GIF animations.
 
-Drawn with matplotlib's object API on an Agg canvas (no display needed). The
-3D panels show every hypothesis as a thin grey skeleton and their mean as a
-thick one whose joints are coloured by the hypotheses' spread at that joint
-(millimetres, colour bar): the model's own measure of where it is unsure.
+Drawn with matplotlib's object API on an Agg canvas (no display needed), with
+the skeleton plotter of ``common.analysis.figures`` (same side colours and
+viewpoints as the evaluation's figures). The 3D panels show every hypothesis as
+a thin grey skeleton and their mean as a thick one whose joints are coloured by
+the hypotheses' spread at that joint (millimetres, colour bar): the model's own
+measure of where it is unsure.
 """
 from pathlib import Path
 
@@ -13,36 +15,47 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from common.analysis.figures import VIEWPOINTS, draw_pose_2d, draw_pose_3d, frame_pose_axes, upright
 from common.core.geometry import PIXEL_STD
-from common.core.skeleton import LEFT_JOINTS, PARENTS, RIGHT_JOINTS
 
-VIEWPOINTS = (("front", 12.0, -70.0), ("side", 12.0, 20.0))  # (name, elevation, azimuth)
 SPREAD_COLORMAP = "plasma"
-_BONES = [(j, p) for j, p in enumerate(PARENTS) if p >= 0]
-
-
-def _side_colour(joint):
-    return "tab:blue" if joint in LEFT_JOINTS else "tab:red" if joint in RIGHT_JOINTS else "tab:green"
-
-
-def _upright(pose):
-    # Camera axes have y down and z forward; plot (x, z, -y) so the person stands upright.
-    return pose[..., 0], pose[..., 2], -pose[..., 1]
 
 
 def render_lift(image, result, title=None, dpi=100):
-    """A matplotlib Figure of one lifted person (image panel and two 3D views)."""
+    """A matplotlib Figure of one lifted person (image panel and two 3D views).
+
+    image: (H, W, 3) uint8 RGB; result: a ``common.infer.lifting.LiftResult``.
+    """
     figure = Figure(figsize=(12, 4.4), dpi=dpi)
     FigureCanvasAgg(figure)
-    ax = figure.add_subplot(1, 3, 1)
+    _draw_image_panel(figure.add_subplot(1, 3, 1), image, result)
+    spread = result.spread_mm
+    limit = max(1.1 * float(np.abs(result.mean).max()), 0.1)
+    scatter = None
+    for index, viewpoint in enumerate(VIEWPOINTS):
+        ax = figure.add_subplot(1, 3, index + 2, projection="3d")
+        for pose in result.hypotheses:
+            draw_pose_3d(ax, pose, 0.6, color="gray", alpha=0.3)
+        draw_pose_3d(ax, result.mean, 2.2)
+        scatter = ax.scatter(*upright(result.mean), c=spread, cmap=SPREAD_COLORMAP, vmin=0,
+                             vmax=max(float(spread.max()), 1.0), s=28, depthshade=False, zorder=5)
+        frame_pose_axes(ax, viewpoint, limit, zoom=1.2)
+        ax.set_title(f"3D {viewpoint[0]}: mean (colours), {len(result.hypotheses)} hypotheses (grey)", fontsize=10)
+    figure.subplots_adjust(left=0.01, right=0.9, bottom=0.03, top=0.88, wspace=0.02)
+    bar = figure.colorbar(scatter, cax=figure.add_axes([0.915, 0.18, 0.012, 0.6]))
+    bar.set_label("spread of the hypotheses (mm)")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def _draw_image_panel(ax, image, result):
+    """The image zoomed on the person's box (dashed), with the 2D keypoints used."""
     ax.imshow(image)
     size = result.scale * PIXEL_STD
     ax.add_patch(Rectangle(result.center - size / 2, size[0], size[1], fill=False, color="white", linewidth=1,
                            linestyle="--"))
-    keypoints = result.keypoints_2d
-    for j, p in _BONES:
-        ax.plot(keypoints[[j, p], 0], keypoints[[j, p], 1], color=_side_colour(j), linewidth=2)
-    ax.scatter(keypoints[:, 0], keypoints[:, 1], s=10, color="yellow", zorder=3)
+    draw_pose_2d(ax, result.keypoints_2d, joint_size=10)
     # Zoomed on the box (already padded around the person), within the image.
     height, width = image.shape[:2]
     low, high = result.center - 0.55 * size, result.center + 0.55 * size
@@ -50,33 +63,6 @@ def render_lift(image, result, title=None, dpi=100):
     ax.set_ylim(min(high[1], height - 0.5), max(low[1], -0.5))
     ax.set_title(f"image, box and 2D keypoints ({result.keypoint_source})", fontsize=10)
     ax.axis("off")
-
-    spread = result.spread_mm
-    limit = max(1.1 * float(np.abs(result.mean).max()), 0.1)
-    scatter = None
-    for index, (view, elevation, azimuth) in enumerate(VIEWPOINTS):
-        ax = figure.add_subplot(1, 3, index + 2, projection="3d")
-        for pose in result.hypotheses:
-            for j, p in _BONES:
-                ax.plot(*_upright(pose[[j, p]]), color="gray", linewidth=0.6, alpha=0.3)
-        for j, p in _BONES:
-            ax.plot(*_upright(result.mean[[j, p]]), color=_side_colour(j), linewidth=2.2)
-        scatter = ax.scatter(*_upright(result.mean), c=spread, cmap=SPREAD_COLORMAP, vmin=0,
-                             vmax=max(float(spread.max()), 1.0), s=28, depthshade=False, zorder=5)
-        ax.view_init(elev=elevation, azim=azimuth)
-        for set_limits in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
-            set_limits(-limit, limit)
-        ax.set_box_aspect((1, 1, 1), zoom=1.2)
-        ax.set_xticklabels([])
-        ax.set_yticklabels([])
-        ax.set_zticklabels([])
-        ax.set_title(f"3D {view}: mean (colours), {len(result.hypotheses)} hypotheses (grey)", fontsize=10)
-    figure.subplots_adjust(left=0.01, right=0.9, bottom=0.03, top=0.88, wspace=0.02)
-    bar = figure.colorbar(scatter, cax=figure.add_axes([0.915, 0.18, 0.012, 0.6]))
-    bar.set_label("spread of the hypotheses (mm)")
-    if title:
-        figure.suptitle(title, fontsize=11)
-    return figure
 
 
 def draw_lift(path, image, result, title=None):

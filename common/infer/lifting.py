@@ -4,7 +4,7 @@
     python -m common.infer frames/ --keypoints detections.json --out results
     python -m common.infer clip.mp4 --bbox 120 40 200 420 --animate
 
-Per person: the crop is the shards' ``center``/``scale`` warp (SPEC §2) of a
+Per person: the crop is the shards' ``center``/``scale`` warp (``docs/formats.md``, Crop) of a
 box (``--bbox x y w h``, a file of boxes per image, a box around given
 keypoints, or else the whole image), padded by 1.25 and grown to 192:256 as
 HRNet does. The 2D keypoints come from a file (COCO-17 or H36M-17, see
@@ -38,7 +38,8 @@ from tqdm import tqdm
 from common.model.acceleration import PRECISIONS, prepare_backbone
 from common.model.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint
 from common.run.config import Config, ConfigError, config_from_dict, load_config
-from common.data.shards import flip_test_views, normalize_image
+from common.data.samples import flip_test_views, normalize_image
+from common.analysis.reliability import joint_spread
 from common.run.evaluation import build_networks, predict_hypotheses
 from common.core.geometry import (
     CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine,
@@ -86,9 +87,9 @@ class LiftResult:
     """The 3D hypotheses of one person and what they were lifted from.
 
     hypotheses: (H, 17, 3) root-relative, metres, H36M order (``common.core.skeleton``).
-    mean: (17, 3) their mean. spread_mm: (17,) per joint, the root-mean-square
-        distance of the hypotheses from their mean (the standard deviation of the
-        3D position), millimetres: high where the model is unsure.
+    mean: (17, 3) their mean. spread_mm: (17,) per joint, the mean distance of the
+        hypotheses from their mean (``common.analysis.reliability.joint_spread``),
+        millimetres: high where the model is unsure.
     keypoints_2d: (17, 2) the H36M-17 keypoints used, image pixels;
     keypoint_scores: (17,) heatmap maxima or the file's scores (None if it had none).
     keypoint_source: "heatmaps" or "given". center, scale: the crop box (scale = size / 200).
@@ -313,7 +314,7 @@ def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=Non
     results = []
     for person, poses in zip(people, hypotheses):
         mean = poses.mean(axis=0)
-        spread = np.sqrt(((poses - mean) ** 2).sum(axis=-1).mean(axis=0)) * 1000  # (17,) mm
+        spread = joint_spread(torch.from_numpy(poses)[None])[0].numpy() * 1000  # (17,) mm
         results.append(LiftResult(poses, mean, spread.astype(np.float32), person.keypoints[2].astype(np.float32),
                                   person.keypoints[3], person.keypoint_source, person.center, person.scale,
                                   person.key, person.image_size))

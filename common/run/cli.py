@@ -213,7 +213,7 @@ def main(dataset, argv=None):
 
     # Imported here so that --help and configuration errors answer without loading the model code.
     from common.model.checkpoints import CheckpointError
-    from common.data.shards import ShardDataError
+    from common.data.samples import ShardDataError
     from common.run.evaluation import evaluate
     from common.run.training import TrainingDivergedError, train
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import yaml
 
 from common.core.errors import ConfigError  # noqa: F401  (part of this module's API)
+from common.core.skeleton import DATASETS
 from common.run import original_config
 from common.model.acceleration import PRECISIONS
 from common.model.networks import ModelConfig
 from common.model.samplers import SAMPLERS
 
-DATASETS = ("h36m", "mpi")
 
 # Searched in this order when weights.backbone is null: this project's place, then
 # the one of the original README and code (checkpoint/posehrnet/).
@@ -50,7 +50,7 @@ class DataConfig:
     """Where the shards are and how they are read.
 
     root: dataset root holding ``train/`` and ``validation/`` (Human3.6M) or
-        ``train/`` and ``test/`` (MPI-INF-3DHP); anything ``common.data.shards.find_shards``
+        ``train/`` and ``test/`` (MPI-INF-3DHP); anything ``common.data.loader.find_shards``
         accepts. None: the dataset's ``DEFAULT_DATA_ROOTS`` entry.
     batch_size: training batch size per process (the original: 128).
     eval_batch_size: evaluation batch size per process (each sample is two views).

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.run.config import ConfigError
-from common.data.shards import build_loader, find_shards
+from common.data.loader import build_loader, find_shards
 from common.model.denoiser import CONTEXT_PREFIXES
 from common.model.diffusion import epsilon_loss
 from common.core.skeleton import flip_pose_3d

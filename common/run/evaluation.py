@@ -23,7 +23,7 @@ from common.run import distributed
 from common.model.checkpoints import load_backbone_weights, load_snappose_weights
 from common.model.acceleration import compile_denoiser, prepare_backbone, run_backbone
 from common.run.config import config_to_dict, output_paths
-from common.data.shards import DEFAULT_SPLITS, build_loader
+from common.data.loader import DEFAULT_SPLITS, build_loader
 from common.model.diffusion import sample as sample_poses
 from common.analysis.metrics import AGGREGATIONS, hypothesis_joint_errors
 from common.analysis.reliability import ReliabilityAccumulator
@@ -119,7 +119,7 @@ def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip
 
     Args:
         backbone, denoiser: networks in eval mode (the denoiser unwrapped from DDP).
-        batch: a test batch of ``common.data.shards.build_loader``: image (B, 2, 3, 256, 192),
+        batch: a test batch of ``common.data.loader.build_loader``: image (B, 2, 3, 256, 192),
             keypoints_2d (B, 2, 17, 2), ref (B, 2, 17, 2), key (B,);
             view 0 is the original, view 1 the mirror image.
         num_proposals: H. timesteps: sampling steps K.

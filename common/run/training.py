@@ -35,7 +35,7 @@ from common.run import distributed
 from common.model.checkpoints import load_context_weights, load_snappose_weights, save_checkpoint
 from common.run.config import config_to_dict, output_paths, save_config
 from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
-from common.data.shards import build_loader
+from common.data.loader import build_loader
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.run.evaluation import build_networks, require_weight_file, resolve_device, run_evaluation
 from common.data.counts import samples_per_pass

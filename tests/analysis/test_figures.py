@@ -19,7 +19,7 @@ def _pose(seed):
 
 def test_skeleton_bones_are_coloured_by_side():
     ax = Figure().add_subplot(projection="3d")
-    visualization._draw_pose_3d(ax, _pose(0).numpy(), 2.0)
+    visualization.draw_pose_3d(ax, _pose(0).numpy(), 2.0)
     bones = [(j, p) for j, p in enumerate(PARENTS) if p >= 0]
     colours = {j: to_rgba(line.get_color()) for (j, _), line in zip(bones, ax.lines)}
     left, right = to_rgba(visualization.SIDE_COLOURS["left"]), to_rgba(visualization.SIDE_COLOURS["right"])

@@ -20,7 +20,8 @@ from common.model.checkpoints import (
 )
 from common.run.config import save_config
 from common.data.convert import ConversionError, _load_labels
-from common.data.shards import ShardDataError, build_loader
+from common.data.loader import build_loader
+from common.data.samples import ShardDataError
 from common.model.networks import build_model
 
 

@@ -7,7 +7,8 @@ import pytest
 import webdataset as wds
 
 from common.data import convert
-from common.data.shards import decode_sample, find_shards
+from common.data.loader import find_shards
+from common.data.samples import decode_sample
 from data_helpers import h36m_key, make_h36m_sample
 
 # Subjects 1 and 5 are training subjects; frames cycle through a few actions and cameras.

@@ -11,9 +11,12 @@ from data_helpers import (
 )
 from reference import mirror_points
 
-from common.data.shards import (
-    IMAGE_MEAN, IMAGE_STD, ShardDataError, build_loader, decode_sample, find_shards, parse_key, read_pose_3d,
-    reference_points,
+from common.data.loader import build_loader, find_shards
+
+from common.data.samples import (
+
+    IMAGE_MEAN, IMAGE_STD, ShardDataError, decode_sample, parse_key, read_pose_3d, reference_points,
+
 )
 from common.core.geometry import CROP_WIDTH, apply_affine, crop_matrix, image_coordinates
 
@@ -204,7 +207,7 @@ def test_bad_shard_raises_by_default(bad_shards):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_skip_bad_counts_and_reports(bad_shards, caplog, num_workers):
     loader = build_loader(bad_shards, "h36m", train=False, batch_size=4, skip_bad=True, num_workers=num_workers)
-    with caplog.at_level(logging.WARNING, logger="common.data.shards"):
+    with caplog.at_level(logging.WARNING, logger="common.data.loader"):
         keys = [k for batch in loader for k in batch["key"]]
     assert sorted(keys) == sorted(h36m_key(9, 2, i) for i in range(5))
     assert len(loader.skipped) == len(BAD_CASES)

@@ -3,7 +3,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from common.data.shards import IMAGE_STD, build_loader, decode_sample
+from common.data.loader import build_loader
+
+from common.data.samples import IMAGE_STD, decode_sample
 
 # The original's crop is an 8-bit bilinear warp; 2 grey levels on average is the
 # agreed bound, and the reference images are stored as float16 (2e-3).

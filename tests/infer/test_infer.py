@@ -11,7 +11,7 @@ from PIL import Image
 from common.infer import lifting as infer
 from common.model.checkpoints import save_checkpoint
 from common.run.config import config_to_dict
-from common.data.shards import shard_writer
+from common.data.samples import shard_writer
 from common.run.evaluation import evaluate
 from common.core.geometry import image_coordinates
 from common.infer.inputs import InputError, read_image
@@ -100,7 +100,7 @@ def test_result_mean_and_spread_follow_the_hypotheses(trained, synthetic):
     np.testing.assert_allclose(result.mean, result.hypotheses.mean(axis=0), atol=1e-7)
     assert (result.hypotheses[:, 0] == 0).all()
     deviation = result.hypotheses - result.mean
-    expected = 1000 * np.sqrt((deviation ** 2).sum(-1).mean(0))
+    expected = 1000 * np.linalg.norm(deviation, axis=-1).mean(0)
     np.testing.assert_allclose(result.spread_mm, expected, rtol=1e-5)
 
 

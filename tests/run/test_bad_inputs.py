@@ -12,7 +12,8 @@ from model_fixtures import single_thread  # noqa: F401
 import main_diffusers_h36m
 from common.model.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from common.run.config import ConfigError, load_config, save_config
-from common.data.shards import ShardDataError, build_loader, decode_sample
+from common.data.loader import build_loader
+from common.data.samples import ShardDataError, decode_sample
 from common.model.networks import build_model
 
 BAD_BOXES = {

@@ -10,7 +10,7 @@ import common.run.training as training
 from common.model.checkpoints import CONTEXT_PREFIXES, load_context_weights, read_checkpoint
 from common.run.cli import build_parser, overrides_from_args
 from common.run.config import ConfigError, output_paths
-from common.data.shards import build_loader
+from common.data.loader import build_loader
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.run.evaluation import build_networks
 from common.model.networks import build_model

@@ -13,7 +13,7 @@ from reference import (
 from common.analysis import metrics
 from common.model.checkpoints import save_checkpoint
 from common.run.config import output_paths
-from common.data.shards import build_loader
+from common.data.loader import build_loader
 from common.run.evaluation import build_networks, evaluate, predict_hypotheses
 from common.model.networks import build_model
 

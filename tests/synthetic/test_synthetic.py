@@ -1,4 +1,4 @@
-"""The synthetic dataset: body model, samples, released shard layout, read-back through common.data.shards."""
+"""The synthetic dataset: body model, samples, released shard layout, read-back through common.data.loader."""
 import io
 import json
 import pickle
@@ -13,7 +13,8 @@ from common.synthetic.body_model import (
     ACTION_FAMILIES, ANGLE_LIMITS, clamp_angles, forward_kinematics, sample_angles, sample_body_shape,
     sample_pose,
 )
-from common.data.shards import build_loader, decode_sample, parse_key
+from common.data.loader import build_loader
+from common.data.samples import decode_sample, parse_key
 from common.core.geometry import (
     CROP_HEIGHT, CROP_WIDTH, apply_affine, crop_matrix, image_coordinates, warp_affine,
 )
