@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 SEQUENCE_SUFFIXES = (".gif",) + VIDEO_SUFFIXES
 KEYPOINT_FORMATS = ("coco", "h36m")
+MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
 
 
 class InputError(ValueError):
@@ -57,16 +58,28 @@ class PersonSpec:
 
 
 def read_image(path):
-    """(H, W, 3) uint8 RGB of an image file; InputError if it is missing or does not decode."""
+    """(H, W, 3) uint8 RGB of an image file as it is displayed (EXIF orientation applied).
+
+    Raises InputError if it is missing, does not decode, or has more than
+    MAX_IMAGE_PIXELS pixels (refused from its header, before decoding).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} not found")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
+            _refuse_huge(image, path)
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise InputError(f"cannot read image {path} ({type(error).__name__}: {error}); expected a file "
                          f"Pillow decodes ({', '.join(IMAGE_SUFFIXES)})") from error
+
+
+def _refuse_huge(image, path):
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"image {path} is {width} x {height} pixels, more than {MAX_IMAGE_PIXELS:,}: refused "
+                         f"before decoding; downscale it (the model sees a 256 x 192 crop)")
 
 
 def input_kind(path):

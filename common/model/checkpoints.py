@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from common.core import safe_pickle
+from common.core.files import atomic_write
 from common.model.denoiser import CONTEXT_PREFIXES
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -288,15 +289,8 @@ def save_checkpoint(path, denoiser, optimizer=None, epoch=0, lr=None, **extra):
         "model_pos": state,
         **extra,
     }
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as stream:
-            torch.save(checkpoint, stream)
-            stream.flush()
-            os.fsync(stream.fileno())  # on disk before the rename, so even a power cut leaves one whole file
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_write(path) as stream:
+        torch.save(checkpoint, stream)
     _remove_orphaned_temporaries(path)
     return path
 

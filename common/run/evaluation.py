@@ -30,6 +30,7 @@ from common.analysis.reliability import ReliabilityAccumulator
 from common.model.networks import build_model
 from common.data.counts import samples_per_pass
 from common.core.skeleton import ROOT_JOINT, flip_pose_3d
+from common.core.files import atomic_write, write_text
 from common.data.splits import evaluation_shards
 from common.analysis.figures import draw_sample, draw_summary
 
@@ -250,8 +251,8 @@ def _concat(chunks, empty_shape):
 def write_predictions(path, predictions):
     """Save keys (N,), hypotheses (N, H, 17, 3) and ground truth (N, 17, 3), metres, as npz."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **predictions)
+    with atomic_write(path) as stream:
+        np.savez_compressed(stream, **predictions)
     return path
 
 
@@ -318,9 +319,8 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
         if named.is_file():
             log.info("%s held an earlier evaluation of %s on split '%s'; replacing it", named, weights, split)
         text = json.dumps({"metrics": summary, "config": config_to_dict(cfg)}, indent=2)
-        named.parent.mkdir(parents=True, exist_ok=True)
-        named.write_text(text)
-        paths.metrics.write_text(text)
+        write_text(named, text)
+        write_text(paths.metrics, text)
         log.info("metrics written to %s (and to %s, the latest evaluation)", named, paths.metrics)
         if predictions is not None:
             log.info("predictions written to %s", write_predictions(paths.predictions, predictions))

@@ -315,3 +315,50 @@ def test_sampler_and_precision_options_reach_the_sampling(trained, synthetic):
     parser = infer.build_parser()
     args = parser.parse_args(["x.jpg", "--checkpoint", "c.bin", "--sampler", "dpm++", "--precision", "bf16"])
     assert (args.sampler, args.precision) == ("dpm++", "bf16")
+
+
+# EXIF orientation: Pillow's exif_transpose method per tag, and the transform that stores an upright picture so.
+STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+             7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+def _store_rotated(upright, orientation, path):
+    """Write ``upright`` (PIL image) transformed so that a viewer honouring EXIF tag ``orientation`` shows it upright."""
+    stored = upright if STORED_AS[orientation] is None else upright.transpose(STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_images_are_read_upright_whatever_their_exif_orientation(tmp_path, orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 255, (30, 20, 3), dtype=np.uint8)
+    path = _store_rotated(Image.fromarray(pixels), orientation, tmp_path / "picture.png")
+    np.testing.assert_array_equal(read_image(path), pixels)
+
+
+def test_rotated_and_upright_pictures_give_the_same_hypotheses(trained, synthetic, tmp_path):
+    """Boxes refer to the upright picture: each EXIF-rotated copy lifts to exactly the upright one's hypotheses."""
+    model = infer.load_model(trained[0], device="cpu")
+    upright = Image.open(synthetic[2][0]).convert("RGB")
+    box = (300, 200, 300, 400)
+    joints = np.random.default_rng(0).uniform([320, 220], [580, 580], (17, 2))  # upright pixels, COCO order
+    expected = infer.lift(_store_rotated(upright, 1, tmp_path / "upright.png"), bbox=box, keypoints=joints,
+                          model=model, key="person", num_proposals=2).hypotheses
+    for orientation in range(2, 9):
+        path = _store_rotated(upright, orientation, tmp_path / f"rotated{orientation}.png")
+        got = infer.lift(path, bbox=box, keypoints=joints, model=model, key="person", num_proposals=2).hypotheses
+        np.testing.assert_array_equal(got, expected, err_msg=f"EXIF orientation {orientation}")
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (3000, 3000)).save(path)  # tiny to store; the limit is lowered so it counts as a bomb
+    monkeypatch.setattr("common.infer.inputs.MAX_IMAGE_PIXELS", 1_000_000)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
+    with pytest.raises(InputError, match="3000 x 3000 pixels.*refused before decoding"):
+        read_image(path)
+    assert not decoded

@@ -1,0 +1,51 @@
+"""Atomic file writes: a file is either the previous good one or the whole new one, never a part.
+
+Every writer of results (checkpoints, metrics.json, predictions, shards) goes
+through ``atomic_write``: the data goes to a temporary beside the target, is
+fsynced and moved into place with ``os.replace``; the temporary is removed on
+any failure (an error, Ctrl-C). A full disk becomes a ``DiskFullError`` naming
+the file and saying the previous file was kept.
+"""
+import contextlib
+import errno
+import os
+from pathlib import Path
+
+
+class DiskFullError(OSError):
+    """The disk filled up while writing a file; the previous file at that path is untouched."""
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Yield an open stream (``mode`` "wb" or "w") whose content replaces ``path`` only when the block ends.
+
+    Raises:
+        DiskFullError: the write hit ENOSPC (or EDQUOT); nothing was replaced.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write writes whole files: mode 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, mode) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before the rename, so a power cut leaves one whole file
+        os.replace(temporary, path)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the previous file there is kept" if path.exists() else "no file was written"
+            raise DiskFullError(error.errno, f"the disk is full while writing {path} ({kept}); free space "
+                                f"on {path.parent} or write elsewhere, then run again") from error
+        raise
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path, text):
+    """Atomically replace ``path`` with ``text`` (UTF-8); see ``atomic_write``."""
+    with atomic_write(path, "w") as stream:
+        stream.write(text)
+    return Path(path)
