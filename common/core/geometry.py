@@ -7,6 +7,7 @@ Conventions (SPEC §2):
   the crop centre ((W - 1) / 2, (H - 1) / 2) and scales by (W - 1) / (scale[0] * 200 - 1),
   so that the box width ``scale[0] * 200`` spans the crop width.
 """
+import cv2
 import numpy as np
 
 CROP_WIDTH = 192
@@ -77,15 +78,16 @@ def bbox_center_scale(points, aspect=CROP_WIDTH / CROP_HEIGHT, padding=1.25):
 
 
 def warp_affine(image, matrix, out_width=CROP_WIDTH, out_height=CROP_HEIGHT):
-    """Bilinear affine warp of an image, zero outside it.
+    """Bilinear affine warp of an image, zero outside it, in float32 (masks, weights).
 
     Each output pixel (x, y) samples the input at ``invert_affine(matrix) @ (x, y, 1)``,
     pixel centres at integer coordinates, so a point ``p`` of the input lands at
-    ``apply_affine(p, matrix)`` in the output (as with an 8-bit image library's affine
-    warp; neighbours outside the input count as 0, so edges blend towards black).
+    ``apply_affine(p, matrix)`` in the output; neighbours outside the input count
+    as 0, so edges blend towards black. OpenCV's ``warpAffine`` (INTER_LINEAR,
+    constant border 0) does the sampling; for 8-bit crops use ``crop_image``.
 
     Args:
-        image: (H, W, C) array, any real dtype (uint8 frames in practice).
+        image: (H, W, C) array, any real dtype, C at most 4.
         matrix: 2x3 affine matrix taking input pixels to output pixels.
     Returns:
         (out_height, out_width, C) float32 array in the input's value range, unrounded.
@@ -93,27 +95,21 @@ def warp_affine(image, matrix, out_width=CROP_WIDTH, out_height=CROP_HEIGHT):
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"expected an (H, W, C) image, got shape {image.shape}")
-    inverse = invert_affine(np.asarray(matrix, dtype=np.float64))
-    xs = np.arange(out_width, dtype=np.float64)
-    ys = np.arange(out_height, dtype=np.float64)[:, None]
-    src_x = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]  # (out_height, out_width)
-    src_y = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
-    x0, y0 = np.floor(src_x), np.floor(src_y)
-    fx, fy = (src_x - x0).astype(np.float32), (src_y - y0).astype(np.float32)
-    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-    height, width = image.shape[:2]
-    out = np.zeros((out_height, out_width, image.shape[2]), dtype=np.float32)
-    for dy, weight_y in ((0, 1 - fy), (1, fy)):
-        for dx, weight_x in ((0, 1 - fx), (1, fx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-            weight = np.where(inside, weight_y * weight_x, np.float32(0))[..., None]
-            out += weight * image[np.clip(yy, 0, height - 1), np.clip(xx, 0, width - 1)]
-    return out
+    warped = _cv2_warp(image.astype(np.float32), matrix, out_width, out_height)
+    return warped.reshape(out_height, out_width, image.shape[2])
+
+
+def _cv2_warp(image, matrix, out_width, out_height):
+    return cv2.warpAffine(image, np.asarray(matrix, dtype=np.float64), (out_width, out_height),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def crop_image(image, center, scale, out_width=CROP_WIDTH, out_height=CROP_HEIGHT):
-    """The person crop of a full frame (SPEC §2), rounded back to 8 bits as the original does.
+    """The person crop of a full frame (SPEC §2), exactly as the original makes it.
+
+    The original calls ``cv2.warpAffine(frame, crop_matrix, (192, 256), flags=cv2.INTER_LINEAR)``
+    on the 8-bit frame (constant border 0); so does this, so the crops are the
+    same to the grey level (OpenCV's fixed-point bilinear weights round its way).
 
     Args:
         image: (H, W, 3) uint8 RGB frame.
@@ -122,5 +118,7 @@ def crop_image(image, center, scale, out_width=CROP_WIDTH, out_height=CROP_HEIGH
         (out_height, out_width, 3) uint8 crop; the frame point p lands at
         ``apply_affine(p, crop_matrix(center, scale))``.
     """
-    warped = warp_affine(image, crop_matrix(center, scale, out_width, out_height), out_width, out_height)
-    return np.clip(np.rint(warped), 0, 255).astype(np.uint8)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 frame, got {image.dtype} of shape {image.shape}")
+    return _cv2_warp(image, crop_matrix(center, scale, out_width, out_height), out_width, out_height)
