@@ -206,17 +206,23 @@ def _attach_skips(batches, skips):
         yield {"skipped": remaining}  # no samples: only carries the last records out
 
 
+def default_num_workers():
+    """DataLoader workers for this process: one per core it may run on, less one for itself (at least 1)."""
+    return max(len(os.sched_getaffinity(0)) - 1, 1)
+
+
 class _Decoder:
     """Picklable ``decode_sample`` stage with a per-consumer, per-epoch flip generator."""
 
-    def __init__(self, dataset, train, seed, epoch, plan):
+    def __init__(self, dataset, train, seed, epoch, plan, normalize=True):
         self.dataset, self.train, self.seed, self.epoch, self.plan = dataset, train, seed, epoch, plan
+        self.normalize = normalize
         self.rng = None
 
     def __call__(self, sample):
         if self.rng is None:
             self.rng = np.random.default_rng([self.seed, self.epoch, self.plan.consumer()[0]])
-        return decode_sample(sample, self.dataset, self.train, self.rng)
+        return decode_sample(sample, self.dataset, self.train, self.rng, normalize=self.normalize)
 
 
 class ShardLoader:
@@ -229,8 +235,9 @@ class ShardLoader:
     """
 
     def __init__(self, urls, dataset, train, batch_size, num_workers=0, shuffle_buffer=1000,
-                 max_samples=None, skip_bad=False, seed=0, rank=None, world_size=None):
+                 max_samples=None, skip_bad=False, seed=0, rank=None, world_size=None, uint8_crops=False):
         check_dataset(dataset)
+        num_workers = default_num_workers() if num_workers is None else num_workers
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
@@ -248,6 +255,7 @@ class ShardLoader:
         self.num_workers, self.shuffle_buffer, self.skip_bad, self.seed = num_workers, shuffle_buffer, skip_bad, seed
         self.rank, self.world_size = rank, world_size
         self.max_samples = max_samples
+        self.uint8_crops = uint8_crops
         self.epoch = 0
         self.skipped = []
         self.num_samples = 0
@@ -278,7 +286,8 @@ class ShardLoader:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
                                       seed=f"{self.seed}-{self.epoch}-{self.rank}-shuffle"))
         stages += [
-            wds.map(_Decoder(self.dataset, self.train, self.seed, self.epoch, plan), handler=skips),
+            wds.map(_Decoder(self.dataset, self.train, self.seed, self.epoch, plan, not self.uint8_crops),
+                    handler=skips),
             wds.batched(self.batch_size, collation_fn=collate_samples, partial=True),
             wds.pipelinefilter(_attach_skips)(skips),
         ]
@@ -287,7 +296,9 @@ class ShardLoader:
     def __iter__(self):
         pipeline = self.pipeline()
         if self.num_workers > 0:
-            batches = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=self.num_workers)
+            # Pinned pages let device_images copy a batch to the GPU asynchronously.
+            batches = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=self.num_workers,
+                                                  pin_memory=torch.cuda.is_available())
         else:
             batches = pipeline
         self.skipped, self.num_samples = [], 0
@@ -325,7 +336,7 @@ class ShardLoader:
 
 
 def build_loader(source, dataset, train, batch_size, num_workers=0, shuffle_buffer=1000, max_samples=None,
-                 skip_bad=False, seed=0, split=None, rank=None, world_size=None):
+                 skip_bad=False, seed=0, split=None, rank=None, world_size=None, uint8_crops=False):
     """Batches of decoded samples from released-layout shards.
 
     Args:
@@ -336,7 +347,8 @@ def build_loader(source, dataset, train, batch_size, num_workers=0, shuffle_buff
         train: training (random flip, shuffled shards and samples, new order per
             epoch) or evaluation (fixed order, flipped second view).
         batch_size: samples per batch; the last batch of a pass may be smaller.
-        num_workers: DataLoader worker processes (0 decodes in this process).
+        num_workers: DataLoader worker processes (0 decodes in this process; None:
+            ``default_num_workers()``, one per available core less one).
         shuffle_buffer: samples held for shuffling in training (0 or 1: none).
         max_samples: stop after this many samples over all processes (each
             process yields its share); None reads everything.
@@ -345,6 +357,10 @@ def build_loader(source, dataset, train, batch_size, num_workers=0, shuffle_buff
         seed: seeds shard order, sample shuffle and flips, with the epoch.
         rank, world_size: this process among several; default to
             torch.distributed's (0 and 1 when it is not initialized).
+        uint8_crops: batches carry the 8-bit crops, ``crop`` (B, 256, 192, 3) uint8,
+            instead of ``image``: an eighth of the bytes (a sixteenth in evaluation, where
+            the mirror image is not made here); ``samples.device_images`` normalises
+            them (and adds the mirror view) on the device, for the whole batch at once.
     Returns:
         ShardLoader: iterating gives dicts with ``image`` (B, 3, 256, 192) in
         training or (B, 2, 3, 256, 192) in evaluation, ``keypoints_3d`` (B, 1, 17, 3),
@@ -355,4 +371,5 @@ def build_loader(source, dataset, train, batch_size, num_workers=0, shuffle_buff
     check_dataset(dataset)
     urls = find_shards(source, split or DEFAULT_SPLITS[dataset, bool(train)])
     return ShardLoader(urls, dataset, train, batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer,
-                       max_samples=max_samples, skip_bad=skip_bad, seed=seed, rank=rank, world_size=world_size)
+                       max_samples=max_samples, skip_bad=skip_bad, seed=seed, rank=rank, world_size=world_size,
+                       uint8_crops=uint8_crops)

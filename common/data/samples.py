@@ -20,7 +20,6 @@ Bad data (undecodable image, missing field, wrong shape, non-finite values, a
 crop box off the frame, a pyd that asks to run code) raises ``ShardDataError``
 naming the shard and the key.
 """
-import io
 import os
 import re
 from contextlib import contextmanager
@@ -28,9 +27,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
 from common.core import safe_pickle
+from common.data.decode import decode_rgb
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, PIXEL_STD, crop_image
 from common.core.skeleton import (
     DATASETS, NUM_JOINTS, flip_keypoints_crop, flip_keypoints_normalized, flip_pose_3d,
@@ -63,7 +62,7 @@ MPI_FIELDS = {
 MIN_BOX_PIXELS = 4
 MAX_BOX_FRAMES = 10
 
-TENSOR_FIELDS = ("image", "keypoints_3d", "keypoints_2d", "keypoints_2d_crop", "ref")
+TENSOR_FIELDS = ("image", "crop", "keypoints_3d", "keypoints_2d", "keypoints_2d_crop", "ref")
 
 
 class ShardDataError(ValueError):
@@ -117,8 +116,43 @@ def reference_points(keypoints_2d_crop):
 
 def normalize_image(crop):
     """(H, W, 3) uint8 RGB -> (3, H, W) float32 tensor, / 255 then ImageNet mean/std."""
-    scaled = (crop.astype(np.float32) / 255 - IMAGE_MEAN) / IMAGE_STD
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))  # (3, H, W)
+    return normalize_crops(crop_tensor(crop))
+
+
+def crop_tensor(crop):
+    """(H, W, 3) uint8 array -> a uint8 tensor sharing its memory (copied only if read-only or strided)."""
+    return torch.from_numpy(np.require(crop, requirements=["C", "W"]))
+
+
+def normalize_crops(crops, mirror=False):
+    """uint8 RGB crops (..., H, W, 3) -> float32 (..., 3, H, W): / 255, then ImageNet mean/std.
+
+    One pass over a whole batch on the crops' device (the GPU when they are there).
+    With ``mirror`` the left-right mirror view joins each crop: (..., 2, 3, H, W), view 0
+    the crop as given. Mirroring after normalising is exact (it only moves pixels).
+    """
+    mean = torch.from_numpy(IMAGE_MEAN).to(crops.device)[:, None, None]
+    std = torch.from_numpy(IMAGE_STD).to(crops.device)[:, None, None]
+    images = (crops.movedim(-1, -3).float() / 255 - mean) / std  # (..., 3, H, W)
+    if mirror:
+        images = torch.stack([images, images.flip(-1)], dim=-4)  # (..., 2, 3, H, W)
+    return images
+
+
+def device_images(batch, device):
+    """The normalised images of a loader batch, on ``device``.
+
+    A batch of uint8 crops (``crop`` (B, 256, 192, 3), from ``build_loader(uint8_crops=True)``)
+    is moved as 8 bits and normalised there; a test batch (2D inputs of two views,
+    ``keypoints_2d`` (B, 2, 17, 2)) gains the mirror view there too. A batch of
+    normalised ``image`` is moved as it is.
+    Returns:
+        (B, 3, 256, 192) for training batches, (B, 2, 3, 256, 192) for test batches; float32.
+    """
+    if "crop" not in batch:
+        return batch["image"].to(device, non_blocking=True)
+    crops = batch["crop"].to(device, non_blocking=True)
+    return normalize_crops(crops, mirror=batch["keypoints_2d"].dim() == 4)
 
 
 def _read_image(sample, shard, key):
@@ -130,8 +164,7 @@ def _read_image(sample, shard, key):
         found = sorted(k for k in sample if not k.startswith("__"))
         raise bad_sample(shard, key, f"no image: expected a 'jpg' or 'png' entry, found {found}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return decode_rgb(data)
     except Exception as exn:
         raise bad_sample(shard, key, f"the {ext} image does not decode ({type(exn).__name__}: {exn})") from exn
 
@@ -218,7 +251,7 @@ def read_pose_3d(sample, dataset):
     return _root_relative_metres(arrays["joints_3d"], millimetres=dataset == "mpi")
 
 
-def decode_sample(sample, dataset, train, rng=None):
+def decode_sample(sample, dataset, train, rng=None, normalize=True):
     """Turn one raw WebDataset sample into model inputs and targets.
 
     Human3.6M frames are cropped from the pyd's ``center``/``scale`` (``docs/formats.md``, Crop);
@@ -231,6 +264,10 @@ def decode_sample(sample, dataset, train, rng=None):
         train: True flips image, 2D and 3D together with probability 0.5; False
             returns the original and its flip stacked on a leading axis of 2.
         rng: numpy Generator for the training flip (a fresh unseeded one if None).
+        normalize: False returns the 8-bit crop as ``crop`` (256, 192, 3) uint8 (in
+            training flipped with the 2D and 3D) instead of ``image``, and no mirror
+            image in test mode: ``normalize_crops``/``device_images`` make both later,
+            for a whole batch at once.
     Returns:
         dict: ``image`` (3, 256, 192) / (2, 3, 256, 192) float32; ``keypoints_3d``
         (1, 17, 3) metres, root-relative; ``keypoints_2d`` (17, 2) / (2, 17, 2)
@@ -244,14 +281,14 @@ def decode_sample(sample, dataset, train, rng=None):
     shard = sample.get("__url__", "<unknown shard>")
     key = sample.get("__key__", "<no key>")
     try:
-        return _decode(sample, dataset, train, rng, shard, key)
+        return _decode(sample, dataset, train, rng, shard, key, normalize)
     except ShardDataError:
         raise
     except Exception as exn:  # anything unforeseen still says where it happened
         raise bad_sample(shard, key, f"{type(exn).__name__}: {exn}") from exn
 
 
-def _decode(sample, dataset, train, rng, shard, key):
+def _decode(sample, dataset, train, rng, shard, key, normalize):
     if dataset == "h36m":
         arrays = read_fields(sample, shard, key, H36M_FIELDS)
         frame = _read_image(sample, shard, key)
@@ -280,10 +317,13 @@ def _decode(sample, dataset, train, rng, shard, key):
             keypoints = flip_keypoints_normalized(keypoints)
             keypoints_crop = flip_keypoints_crop(keypoints_crop, CROP_WIDTH)
             pose = flip_pose_3d(pose)
-        views = dict(image=normalize_image(crop), keypoints_2d=keypoints, keypoints_2d_crop=keypoints_crop,
-                     ref=reference_points(keypoints_crop))
+        views = dict(keypoints_2d=keypoints, keypoints_2d_crop=keypoints_crop, ref=reference_points(keypoints_crop))
+        if normalize:
+            views["image"] = normalize_image(crop)
     else:
-        views = flip_test_views(crop, keypoints, keypoints_crop)
+        views = flip_test_views(None if not normalize else crop, keypoints, keypoints_crop)
+    if not normalize:
+        views["crop"] = crop_tensor(crop)  # (256, 192, 3) uint8
 
     parsed = parse_key(key)
     return dict(**views, keypoints_3d=pose, key=key, subject=parsed["subject"], action=parsed["action"])
@@ -296,23 +336,27 @@ def flip_test_views(crop, keypoints_2d, keypoints_2d_crop):
     images, so that both feed the model the same numbers.
 
     Args:
-        crop: (256, 192, 3) uint8 RGB person crop.
+        crop: (256, 192, 3) uint8 RGB person crop; None leaves ``image`` out.
         keypoints_2d: (17, 2) float32 tensor, normalized screen coordinates.
         keypoints_2d_crop: (17, 2) float32 tensor, crop pixels.
     Returns:
         dict of ``image`` (2, 3, 256, 192), ``keypoints_2d``, ``keypoints_2d_crop``
         and ``ref`` (2, 17, 2); index 0 is the original view, 1 the mirror image.
     """
-    image = torch.stack([normalize_image(crop), normalize_image(crop[:, ::-1])])  # (2, 3, H, W)
     keypoints = torch.stack([keypoints_2d, flip_keypoints_normalized(keypoints_2d)])  # (2, 17, 2)
     keypoints_crop = torch.stack([keypoints_2d_crop, flip_keypoints_crop(keypoints_2d_crop, CROP_WIDTH)])
-    return dict(image=image, keypoints_2d=keypoints, keypoints_2d_crop=keypoints_crop,
-                ref=reference_points(keypoints_crop))
+    views = dict(keypoints_2d=keypoints, keypoints_2d_crop=keypoints_crop, ref=reference_points(keypoints_crop))
+    if crop is not None:
+        views["image"] = normalize_crops(crop_tensor(crop), mirror=True)  # (2, 3, H, W)
+    return views
 
 
 def collate_samples(samples):
-    """Stack decoded samples into a batch: tensors gain a batch axis, ``key``/``subject``/``action`` become lists."""
-    batch = {name: torch.stack([s[name] for s in samples]) for name in TENSOR_FIELDS}
+    """Stack decoded samples into a batch: tensors gain a batch axis, ``key``/``subject``/``action`` become lists.
+
+    The samples hold either ``image`` (normalised) or ``crop`` (uint8), as ``decode_sample`` made them.
+    """
+    batch = {name: torch.stack([s[name] for s in samples]) for name in TENSOR_FIELDS if name in samples[0]}
     for name in ("key", "subject", "action"):
         batch[name] = [s[name] for s in samples]
     return batch

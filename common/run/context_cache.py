@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from common.run.config import ConfigError
 from common.data.loader import build_loader, find_shards
+from common.data.samples import device_images
 from common.model.denoiser import CONTEXT_PREFIXES
 from common.model.diffusion import epsilon_loss
 from common.core.skeleton import flip_pose_3d
@@ -193,7 +194,7 @@ def compute_context_cache(backbone, denoiser, loader, device, dtype=torch.float3
     try:
         for batch in tqdm(loader, desc="context cache", unit="batch", disable=not progress, leave=False):
             B = len(batch["key"])
-            features = backbone(batch["image"].to(device).flatten(0, 1))  # views side by side: (2B, C_l, h_l, w_l)
+            features = backbone(device_images(batch, device).flatten(0, 1))  # views side by side: (2B, C_l, h_l, w_l)
             keypoints = batch["keypoints_2d"].to(device).flatten(0, 1)[:, None]  # (2B, 1, J, 2)
             context = denoiser.encode_context(keypoints, batch["ref"].to(device).flatten(0, 1), features)
             contexts.append(context.reshape(B, 2, *context.shape[1:]).to("cpu", dtype))  # (B, 2, 5, J, c)
@@ -268,7 +269,7 @@ def prepare_context_cache(cfg, backbone, denoiser, device, checkpoint_dir, rank=
     loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_train_samples,
                           skip_bad=cfg.data.skip_bad, seed=cfg.seed, split="train",
-                          rank=rank, world_size=world_size)
+                          rank=rank, world_size=world_size, uint8_crops=True)
     # Building draws no random numbers today; forking keeps it so, whatever the loader does later.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         cache = compute_context_cache(backbone, denoiser, loader, device, DTYPES[cfg.train.context_cache_dtype],

@@ -24,6 +24,7 @@ from common.model.checkpoints import load_backbone_weights, load_snappose_weight
 from common.model.acceleration import compile_denoiser, prepare_backbone, run_backbone
 from common.run.config import config_to_dict, output_paths
 from common.data.loader import DEFAULT_SPLITS, build_loader
+from common.data.samples import device_images
 from common.model.diffusion import sample as sample_poses
 from common.analysis.metrics import AGGREGATIONS, hypothesis_joint_errors
 from common.analysis.reliability import ReliabilityAccumulator
@@ -149,7 +150,7 @@ def stack_views(batch, flip_test, device):
         V = 2 with ``flip_test``, else 1.
     """
     views = 2 if flip_test else 1
-    images = batch["image"][:, :views].to(device)
+    images = device_images(batch, device)[:, :views]
     keypoints = batch["keypoints_2d"][:, :views].to(device)
     ref = batch["ref"][:, :views].to(device)
     images = images.transpose(0, 1).flatten(0, 1)  # (V*B, 3, 256, 192)
@@ -216,8 +217,9 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
             kept["hypotheses"].append(hypotheses.numpy().astype(np.float32))
             kept["ground_truth"].append(target.numpy().astype(np.float32))
         if main and figures_dir is not None and drawn < num_figures:
+            images = device_images(batch, "cpu")
             for i in range(min(num_figures - drawn, len(target))):
-                draw_sample(Path(figures_dir) / f"{batch['key'][i]}.png", batch["image"][i, 0],
+                draw_sample(Path(figures_dir) / f"{batch['key'][i]}.png", images[i, 0],
                             batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
                             title=str(batch["key"][i]))
                 drawn += 1
@@ -298,7 +300,7 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     sampling_denoiser = compile_denoiser(denoiser, e.compile)
     loader = build_loader(urls, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
-                          skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+                          skip_bad=cfg.data.skip_bad, seed=cfg.seed, uint8_crops=True)
     log.info("evaluating %s: %d hypotheses, %d %s steps, flip test %s, %s%s",
              weights, e.num_proposals, e.timesteps, e.sampler, "on" if e.flip_test else "off", e.precision,
              ", compiled" if e.compile else "")

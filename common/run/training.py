@@ -36,6 +36,7 @@ from common.model.checkpoints import load_context_weights, load_snappose_weights
 from common.run.config import config_to_dict, output_paths, save_config
 from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
 from common.data.loader import build_loader
+from common.data.samples import device_images
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.run.evaluation import build_networks, require_weight_file, resolve_device, run_evaluation
 from common.data.counts import samples_per_pass
@@ -229,12 +230,13 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
     scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
     loader = build_loader(cfg.data.root, cfg.dataset, train=True, batch_size=cfg.data.batch_size,
                           num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
-                          max_samples=cfg.data.max_train_samples, skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+                          max_samples=cfg.data.max_train_samples, skip_bad=cfg.data.skip_bad, seed=cfg.seed,
+                          uint8_crops=True)
     val_loader = None
     if cfg.train.validate_every:
         val_loader = build_loader(val_shards, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                                   num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
-                                  skip_bad=cfg.data.skip_bad, seed=cfg.seed)
+                                  skip_bad=cfg.data.skip_bad, seed=cfg.seed, uint8_crops=True)
 
     cache = FeatureCache() if cfg.train.cache_features else None
     writer = None
@@ -382,7 +384,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
 
 def _prepare(batch, backbone, device):
     """A loader batch -> the denoiser's training inputs, with the frozen backbone's features."""
-    images = batch["image"].to(device, non_blocking=True)
+    images = device_images(batch, device)
     with torch.no_grad():
         features = backbone(images)
     return {"features": features,
