@@ -131,12 +131,14 @@ def normalize_crops(crops, mirror=False):
     With ``mirror`` the left-right mirror view joins each crop: (..., 2, 3, H, W), view 0
     the crop as given. Mirroring after normalising is exact (it only moves pixels).
     """
-    mean = torch.from_numpy(IMAGE_MEAN).to(crops.device)[:, None, None]
-    std = torch.from_numpy(IMAGE_STD).to(crops.device)[:, None, None]
-    images = (crops.movedim(-1, -3).float() / 255 - mean) / std  # (..., 3, H, W)
+    if crops.dtype != torch.uint8 or crops.shape[-1] != 3:
+        raise ValueError(f"expected (..., H, W, 3) uint8 crops, got {crops.dtype} of shape {tuple(crops.shape)}")
+    mean, std = (torch.from_numpy(v).to(crops.device) for v in (IMAGE_MEAN, IMAGE_STD))
+    # The same float32 steps as per-sample NumPy normalisation (bit for bit), in place on the new tensor.
+    images = crops.float().div_(255).sub_(mean).div_(std).movedim(-1, -3)  # (..., 3, H, W)
     if mirror:
-        images = torch.stack([images, images.flip(-1)], dim=-4)  # (..., 2, 3, H, W)
-    return images
+        return torch.stack([images, images.flip(-1)], dim=-4)  # (..., 2, 3, H, W)
+    return images.contiguous()
 
 
 def device_images(batch, device):
