@@ -44,31 +44,30 @@ def original_sample(raw):
     return np.stack([image, image[:, :, ::-1]]).astype(np.float32), crop  # (2, 3, H, W)
 
 
-def time_per_sample(function, samples, repeats):
-    """Best of ``repeats`` passes over ``samples``: seconds per sample."""
-    best = float("inf")
+def time_ways(ways, samples, repeats):
+    """{name: best seconds per sample over ``repeats`` rounds}; the ways take turns on each sample,
+    so that the load of a shared machine falls on all of them alike."""
+    best = {name: float("inf") for name in ways}
     for _ in range(repeats):
-        start = time.perf_counter()
+        total = dict.fromkeys(ways, 0.0)
         for raw in samples:
-            function(raw)
-        best = min(best, (time.perf_counter() - start) / len(samples))
+            for name, way in ways.items():
+                start = time.perf_counter()
+                way(raw)
+                total[name] += time.perf_counter() - start
+        best = {name: min(best[name], total[name] / len(samples)) for name in ways}
     return best
 
 
-def new_path(samples, batch_size):
-    """Worker decode (uint8) plus, per batch, the normalisation and mirror view on the CPU."""
-    for i in range(0, len(samples), batch_size):
-        crops = torch.stack([decode_sample(raw, "h36m", train=False, normalize=False)["crop"]
-                             for raw in samples[i:i + batch_size]])
-        normalize_crops(crops, mirror=True)
-
-
-def time_new_path(samples, batch_size, repeats):
+def time_batch_normalisation(samples, batch_size, repeats):
+    """Seconds per sample of ``normalize_crops(mirror=True)`` on batches of uint8 crops, on this CPU."""
+    crops = torch.stack([decode_sample(raw, "h36m", train=False, normalize=False)["crop"]
+                         for raw in samples[:batch_size]])
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(repeats * 4):
         start = time.perf_counter()
-        new_path(samples, batch_size)
-        best = min(best, (time.perf_counter() - start) / len(samples))
+        normalize_crops(crops, mirror=True)
+        best = min(best, (time.perf_counter() - start) / len(crops))
     return best
 
 
@@ -111,16 +110,18 @@ def main(argv=None):
     shards = find_shards(args.data, "validation")
     samples = list(wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples()))[:args.samples]
     print(f"{len(samples)} evaluation samples (1000 x 1002 JPEG frames, flip view), 1 thread, "
-          f"best of {args.repeats}; cores available: {len(os.sched_getaffinity(0))}")
-    original = time_per_sample(original_sample, samples, args.repeats)
-    today = time_per_sample(lambda raw: decode_sample(raw, "h36m", train=False), samples, args.repeats)
-    worker = time_per_sample(lambda raw: decode_sample(raw, "h36m", train=False, normalize=False), samples,
-                             args.repeats)
-    new = time_new_path(samples, args.batch_size, args.repeats)
+          f"best of {args.repeats} rounds, the ways taking turns on each sample; cores available: {len(os.sched_getaffinity(0))}")
+    ways = {
+        "original": original_sample,
+        "today": lambda raw: decode_sample(raw, "h36m", train=False),
+        "worker": lambda raw: decode_sample(raw, "h36m", train=False, normalize=False),
+    }
+    original, today, worker = time_ways(ways, samples, args.repeats).values()
+    new = worker + time_batch_normalisation(samples, args.batch_size, args.repeats)
     print_row("original's way (Pillow, cv2.warpAffine, float32, flip)", original)
     print_row("decode_sample, normalised per sample", today)
     print_row("new: uint8 decode_sample (the worker's share)", worker)
-    print_row("new: + batch normalisation and mirror on this CPU", new)
+    print_row(f"new: + normalisation and mirror of batches of {args.batch_size} here", new)
     print(f"largest crop difference against the original's: {largest_crop_difference(samples)} grey levels")
     rate = loader_rate(shards, args.workers, args.batch_size, args.repeats)
     print(f"whole loader, {args.workers} workers, uint8 crops: {rate:.1f} samples/s "
