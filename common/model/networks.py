@@ -20,7 +20,7 @@ class ModelConfig:
         model for quick CPU runs (then no released file fits).
     backbone_stem_width: channels of HRNet's stem and layer1 (64 released);
         shrinking it is what makes a narrow backbone fast on a CPU.
-    mask_pose, mask_context, shuffle_context: ablation switches (SPEC §4).
+    mask_pose, mask_context, shuffle_context: ablation switches (``docs/formats.md``, Networks).
     drop_path_rate: largest stochastic-depth rate, training only.
     res_depth, joint_depth: number of per-joint and across-joint transformer blocks.
     embed_dim: the denoiser's token width (128 released; a multiple of 8).
