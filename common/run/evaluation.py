@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from einops import rearrange
 import torch
 from tqdm import tqdm
 
@@ -83,9 +84,9 @@ def stack_views(batch, flip_test, device):
     images = batch["image"][:, :views].to(device)
     keypoints = batch["keypoints_2d"][:, :views].to(device)
     ref = batch["ref"][:, :views].to(device)
-    images = images.transpose(0, 1).flatten(0, 1)  # (V*B, 3, 256, 192)
-    keypoints = keypoints.transpose(0, 1).flatten(0, 1)[:, None]  # (V*B, 1, 17, 2)
-    ref = ref.transpose(0, 1).flatten(0, 1)  # (V*B, 17, 2)
+    images = rearrange(images, "b v c h w -> (v b) c h w")
+    keypoints = rearrange(keypoints, "b v j xy -> (v b) 1 j xy")
+    ref = rearrange(ref, "b v j xy -> (v b) j xy")
     return images, keypoints, ref
 
 
@@ -96,7 +97,7 @@ def merge_views(sample, flip_test):
     with the original's, hypothesis by hypothesis.
     """
     views = 2 if flip_test else 1
-    sample = sample[:, :, 0].unflatten(0, (views, sample.shape[0] // views))  # (V, B, H, 17, 3)
+    sample = rearrange(sample[:, :, 0], "(v b) h j xyz -> v b h j xyz", v=views)
     poses = sample[0]
     if flip_test:
         poses = (poses + flip_pose_3d(sample[1])) / 2
