@@ -2,7 +2,7 @@
 
 The mirror table is spelled out joint by joint instead of being derived from
 ``common.core.skeleton``, and the metrics are re-derived in NumPy from their
-definitions (SPEC §7), so that a broken flip table or a broken metric in
+definitions (docs/formats.md, Metrics), so that a broken flip table or a broken metric in
 ``common`` cannot also produce the value it is compared with.
 """
 import numpy as np
@@ -54,7 +54,7 @@ def _aligned_joint_errors(poses, target, protocol):
 
 
 def hypothesis_metrics(hypotheses, ground_truth):
-    """Every ``{protocol}_{aggregation}_hypothesis`` of SPEC §7 in millimetres, from (N, H, J, 3) and (N, J, 3) metres."""
+    """Every ``{protocol}_{aggregation}_hypothesis`` of docs/formats.md (Metrics) in millimetres, from (N, H, J, 3) and (N, J, 3) metres."""
     hypotheses = np.asarray(hypotheses, dtype=np.float64)
     ground_truth = np.asarray(ground_truth, dtype=np.float64)
     out = {}
@@ -93,10 +93,10 @@ KNOWN_AUC14 = 100 * (7 / 14) * (10 / 31)
 KNOWN_PCK17 = 100 * 10 / 17
 
 
-def known_error_predictor(backbone, denoiser, batch, num_proposals, *args, **kwargs):
+def known_error_predictor(backbone, denoiser, batch, sampling):
     """Stand-in for ``common.run.evaluation.predict_hypotheses``: every hypothesis is the ground
     truth moved along x by KNOWN_ERRORS_MM, so each joint's error is known in advance."""
     target = batch["keypoints_3d"][:, 0]  # (B, 17, 3) metres
     offset = torch.zeros(17, 3, dtype=target.dtype)
     offset[:, 0] = torch.tensor(KNOWN_ERRORS_MM, dtype=target.dtype) / 1000
-    return (target + offset)[:, None].repeat(1, num_proposals, 1, 1)  # (B, H, 17, 3)
+    return (target + offset)[:, None].repeat(1, sampling.hypotheses, 1, 1)  # (B, H, 17, 3)

@@ -1,6 +1,6 @@
 """Camera-plane geometry: normalized screen coordinates and the person crop.
 
-Conventions (SPEC §2):
+Conventions (``docs/formats.md``, Coordinate frames and Crop):
 - Normalized screen coordinates (VideoPose3D): u / w * 2 - 1, v / w * 2 - h / w,
   so x flips as x -> -x.
 - The crop is a similarity transform (no rotation) that maps the box centre to
@@ -105,7 +105,7 @@ def _cv2_warp(image, matrix, out_width, out_height):
 
 
 def crop_image(image, center, scale, out_width=CROP_WIDTH, out_height=CROP_HEIGHT):
-    """The person crop of a full frame (SPEC §2), exactly as the original makes it.
+    """The person crop of a full frame (``docs/formats.md``, Crop), exactly as the original makes it.
 
     The original calls ``cv2.warpAffine(frame, crop_matrix, (192, 256), flags=cv2.INTER_LINEAR)``
     on the 8-bit frame (constant border 0); so does this, so the crops are the

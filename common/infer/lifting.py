@@ -40,7 +40,8 @@ from common.model.checkpoints import CheckpointError, load_snappose_weights, rea
 from common.run.config import Config, ConfigError, config_from_dict, load_config
 from common.data.samples import flip_test_views, normalize_image
 from common.analysis.reliability import joint_spread
-from common.run.evaluation import build_networks, predict_hypotheses
+from common.run import distributed
+from common.run.evaluation import predict_hypotheses
 from common.core.geometry import (
     CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine,
     normalize_screen_coordinates,
@@ -141,7 +142,7 @@ def resolve_config(checkpoint, config=None, trust_checkpoint=False):
 def load_model(checkpoint, config=None, device=None, backbone_weights=None, heatmaps=True, trust_checkpoint=False):
     """Rebuild a SnapPose model exactly as it was trained and load its weights.
 
-    The networks are built by ``evaluation.build_networks``, as training and
+    The networks are built by ``Config.networks`` (``common.model.networks.build_networks``), as training and
     evaluation build them, so a run with a random backbone gets the same random
     backbone back.
 
@@ -160,9 +161,9 @@ def load_model(checkpoint, config=None, device=None, backbone_weights=None, heat
     cfg = resolve_config(checkpoint, config, trust_checkpoint)
     if backbone_weights is not None:
         cfg.weights.backbone = str(backbone_weights)
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.resolve_device(device)
     head = HEATMAP_JOINTS if heatmaps and cfg.weights.pretrained_backbone else 0
-    backbone, denoiser = build_networks(cfg, device, trust_checkpoint, heatmap_joints=head)
+    backbone, denoiser = cfg.networks(device, trust_checkpoint, heatmap_joints=head)
     load_snappose_weights(denoiser, checkpoint, trust_checkpoint)
     denoiser.eval()
     return LiftingModel(backbone, denoiser, cfg, device)
@@ -288,29 +289,20 @@ def detect_keypoints(model, people, method="dark"):
         person.keypoint_source = "heatmaps"
 
 
-def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=None, seed=None,
-                heatmap_decoding="dark", sampler=None, precision=None):
+def lift_people(model, people, sampling=None, heatmap_decoding="dark"):
     """Lift prepared persons (one batch through backbone and denoiser); returns a LiftResult each.
 
-    Sampling settings (H, K, flip test, sampler, precision) default to the
-    model's evaluation config; ``seed`` to its ``seed``.
+    ``sampling``: a ``SamplingConfig``; None: the model's evaluation settings
+    (``model.config.sampling()``). Inference runs eagerly (its ``compile`` is not used).
     """
-    cfg = model.config
-    sampler = cfg.evaluation.sampler if sampler is None else sampler
-    precision = cfg.evaluation.precision if precision is None else precision
-    num_proposals = cfg.evaluation.num_proposals if num_proposals is None else num_proposals
-    timesteps = cfg.evaluation.timesteps if timesteps is None else timesteps
-    flip_test = cfg.evaluation.flip_test if flip_test is None else flip_test
-    seed = cfg.seed if seed is None else seed
+    sampling = model.config.sampling() if sampling is None else sampling
     detect_keypoints(model, people, heatmap_decoding)
     views = [flip_test_views(p.crop, torch.from_numpy(p.keypoints[0]), torch.from_numpy(p.keypoints[1]))
              for p in people]
     batch = {name: torch.stack([v[name] for v in views]) for name in views[0]}
     batch["key"] = [p.key for p in people]
-    prepare_backbone(model.backbone, precision)
-    hypotheses = predict_hypotheses(model.backbone, model.denoiser, batch, num_proposals, timesteps, flip_test,
-                                    cfg.train.num_train_timesteps, seed, sampler,
-                                    precision).cpu().numpy()  # (B, H, 17, 3)
+    prepare_backbone(model.backbone, sampling.precision)
+    hypotheses = predict_hypotheses(model.backbone, model.denoiser, batch, sampling).cpu().numpy()  # (B, H, 17, 3)
     results = []
     for person, poses in zip(people, hypotheses):
         mean = poses.mean(axis=0)
@@ -321,8 +313,8 @@ def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=Non
     return results
 
 
-def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key=None, num_proposals=None,
-         timesteps=None, flip_test=None, seed=None, heatmap_decoding="dark", sampler=None, precision=None):
+def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key=None, sampling=None,
+         heatmap_decoding="dark"):
     """Lift one person of one image to 3D.
 
     Args:
@@ -334,8 +326,9 @@ def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key
         model: a LiftingModel from :func:`load_model`.
         key: names the person; its initial noise is seeded by (key, seed) as in
             evaluation. Default: the file's stem, or "image" for an array.
-        num_proposals, timesteps, flip_test, seed, sampler, precision: sampling (see
-            ``common.model.samplers``, ``common.model.acceleration``); default: the model's config.
+        sampling: a ``common.model.samplers.SamplingConfig`` (H, K, sampler, precision, flip
+            test, seed); None: the model's evaluation settings. Change a few with
+            ``model.config.sampling().replace(hypotheses=6)``.
         heatmap_decoding: "dark" or "quarter" (``common.infer.keypoints.decode_heatmaps``).
     Returns:
         LiftResult.
@@ -347,8 +340,7 @@ def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
     person = prepare_person(image, bbox, keypoints, keypoint_format, "image" if key is None else key)
-    return lift_people(model, [person], num_proposals, timesteps, flip_test, seed, heatmap_decoding,
-                       sampler, precision)[0]
+    return lift_people(model, [person], sampling, heatmap_decoding)[0]
 
 
 # ---------------------------------------------------------------- command line
@@ -457,9 +449,10 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).stem if kind != "folder" else Path(args.input).resolve().name
     figures = FigureWriter(out, stem, args.visualize, args.animate and kind != "image")
-    options = dict(num_proposals=args.num_proposals, timesteps=args.timesteps,
-                   flip_test=False if args.no_flip_test else None, seed=args.seed,
-                   heatmap_decoding=args.heatmap_decoding, sampler=args.sampler, precision=args.precision)
+    sampling = model.config.sampling().replace(
+        hypotheses=args.num_proposals, steps=args.timesteps, flip=False if args.no_flip_test else None,
+        seed=args.seed, sampler=args.sampler, precision=args.precision)
+    options = dict(sampling=sampling, heatmap_decoding=args.heatmap_decoding)
     records, pending = [], []  # pending: (record, prepared person, image) not yet lifted
 
     def flush():

@@ -51,6 +51,11 @@ def init_distributed(device="auto"):
     return target
 
 
+def resolve_device(device=None):
+    """``device`` as a torch.device; None: this process's device (``init_distributed("auto")``)."""
+    return torch.device(device) if device is not None else init_distributed("auto")
+
+
 def cleanup_distributed():
     """Leave the process group (no-op for a single process)."""
     if dist.is_available() and dist.is_initialized():
@@ -117,12 +122,3 @@ def all_reduce_mean(value):
                           device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(tensor)
     return tensor.item() / get_world_size()
-
-
-def broadcast_object(obj, src=0):
-    """Rank ``src``'s ``obj`` on every process."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
