@@ -62,7 +62,8 @@ def main(argv=None):
     prepare_backbone(low_backbone, "bf16")
     backbones = {"fp32": backbone, "bf16": low_backbone, "fp16": low_backbone}
     loader = build_loader(cfg.data.root, cfg.dataset, train=False,
-                          batch_size=args.batch_size or cfg.data.eval_batch_size, max_samples=args.max_samples)
+                          batch_size=args.batch_size or cfg.data.eval_batch_size, max_samples=args.max_samples,
+                          uint8_crops=True)  # as evaluation reads them; a sixteenth of the memory held
     batches = list(loader)
     count = sum(len(b["key"]) for b in batches)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"

@@ -142,7 +142,7 @@ def evaluation_pass(setting, backbone, denoiser, shards, args, device, max_batch
     timed = TimedDenoiser(denoiser, clock)
     run = sampling_function(setting)
     loader = build_loader(shards, "h36m", train=False, batch_size=args.batch_size, num_workers=args.workers,
-                          max_samples=args.images)
+                          max_samples=args.images, uint8_crops=True)  # as evaluation reads them
     accumulator = MetricAccumulator("h36m")
     batches = iter(loader)
     count = 0
