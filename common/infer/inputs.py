@@ -38,6 +38,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 SEQUENCE_SUFFIXES = (".gif",) + VIDEO_SUFFIXES
 KEYPOINT_FORMATS = ("coco", "h36m")
 MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
+MIN_IMAGE_SIDE = 16  # smaller images cannot show a person: refused
 
 
 class InputError(ValueError):
@@ -68,18 +69,41 @@ def read_image(path):
         raise InputError(f"image {path} not found")
     try:
         with Image.open(path) as image:
-            _refuse_huge(image, path)
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            _refuse_size(image, path)
+            return to_rgb(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read image {path} ({type(error).__name__}: {error}); expected a file "
-                         f"Pillow decodes ({', '.join(IMAGE_SUFFIXES)})") from error
+        raise InputError(f"cannot read image {path} ({type(error).__name__}: {error}); expected a whole file "
+                         f"Pillow decodes ({', '.join(IMAGE_SUFFIXES)}): re-export it") from error
 
 
-def _refuse_huge(image, path):
+def to_rgb(image):
+    """(H, W, 3) uint8 RGB of a PIL image of any mode, as a viewer shows it.
+
+    16-bit gray (I;16, I) keeps its top 8 bits (Pillow's own conversion would clip
+    everything above 255 to white); transparency is composited onto white;
+    palette, gray, CMYK and the rest convert as Pillow converts them.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16).astype(np.uint32)
+        top = 0xFFFF if image.mode != "I" or wide.max(initial=0) > 0xFF else 0xFF
+        gray = (wide * 255 // top).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("LA", "PA", "La"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _refuse_size(image, path):
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(f"image {path} is {width} x {height} pixels, more than {MAX_IMAGE_PIXELS:,}: refused "
                          f"before decoding; downscale it (the model sees a 256 x 192 crop)")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"image {path} is {width} x {height} pixels: too small to hold a person (sides under "
+                         f"{MIN_IMAGE_SIDE} pixels are refused); give the original picture")
 
 
 def input_kind(path):
