@@ -235,6 +235,16 @@ def h36m_keypoints(keypoints, fmt="coco", where="keypoints"):
     return keypoints[:, :2], None if scores is None else keypoints[:, 2].astype(np.float32)
 
 
+def _require_near_image(pixels, width, height, where):
+    """InputError when keypoints (17, 2) pixels lie more than half the image size outside it (another image's, or not pixels)."""
+    low, high = -0.5 * np.array([width, height]), 1.5 * np.array([width, height])
+    outside = ((pixels < low) | (pixels > high)).any(axis=1)
+    if outside.any():
+        raise InputError(f"{where}: {int(outside.sum())} keypoints lie far outside the {width} x {height} image "
+                         f"(e.g. {pixels[outside][0].round(1).tolist()}): they must be this image's pixels, not "
+                         f"normalized or another resolution's coordinates")
+
+
 def prepare_person(image, bbox=None, keypoints=None, keypoint_format="coco", key="image", where="image"):
     """Crop one person and put given keypoints in the shards' form.
 
@@ -247,6 +257,7 @@ def prepare_person(image, bbox=None, keypoints=None, keypoint_format="coco", key
     pixels = scores = None
     if keypoints is not None and not isinstance(keypoints, dict):
         pixels, scores = h36m_keypoints(keypoints, keypoint_format, where)
+        _require_near_image(pixels, width, height, where)
         if bbox is None:
             bbox = dict(zip(("center", "scale"), bbox_center_scale(pixels)))
     center, scale = box_center_scale(bbox, width, height)
@@ -404,7 +415,7 @@ def _frames(args, kind):
     if kind == "image":
         yield path.name, None, 0, read_image(path)
     elif kind == "folder":
-        for position, file in enumerate(folder_images(path)):
+        for position, file in enumerate(folder_images(path, log_skipped=True)):
             yield file.name, None, position, read_image(file)
     else:
         for position, (number, frame) in enumerate(video_frames(path, args.every, args.max_frames)):
@@ -492,6 +503,8 @@ def run(args):
             if not pending:
                 bar.update(len(records) - bar.n)
         flush()
+    if not records:
+        raise InputError(f"{args.input} gave no frames (an empty video, or --max-frames 0): nothing to lift")
     return records, write_outputs(out, stem, kind, records, args) + figures.finish()
 
 
