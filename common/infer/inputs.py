@@ -291,12 +291,11 @@ def read_annotations(path, default_format="coco"):
 
 def _unique_keys(pairs, path):
     """A JSON object's dict; InputError when a key repeats (json would silently keep only the last)."""
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise InputError(f"annotation file {path}: the key {key!r} appears twice (only one would be used); "
-                             f"merge its persons into one list")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        key = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise InputError(f"annotation file {path}: the key {key!r} appears twice (only one would be used); "
+                         f"merge its persons into one list")
     return result
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.core.files import DiskFullError, atomic_write
 from common.model.acceleration import PRECISIONS, prepare_backbone
 from common.model.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint
 from common.run.config import Config, ConfigError, config_from_dict, load_config
@@ -509,19 +510,28 @@ def run(args):
 
 
 def write_outputs(out, stem, kind, records, args):
-    """``<stem>.json`` (every image and person) and, for a folder or video, ``<stem>.npz``."""
-    document = {"input": str(args.input), "checkpoint": str(args.checkpoint), "joints": list(JOINT_NAMES),
-                "units": {"3d": "metres, root-relative, camera axes (x right, y down, z forward)",
-                          "spread_mm": "millimetres", "keypoints_2d": "image pixels"},
-                "images": [{**{k: v for k, v in r.items() if k != "persons"},
-                            "persons": [p.to_dict() for p in r["persons"]]} for r in records]}
+    """``<stem>.json`` (every image and person) and, for a folder or video, ``<stem>.npz``.
+
+    Both are written atomically (``common.core.files.atomic_write``): a full disk,
+    Ctrl-C or a kill leaves the previous file or none, never a part. The JSON is
+    written one image at a time, so its text never has to fit in memory at once.
+    """
+    header = {"input": str(args.input), "checkpoint": str(args.checkpoint), "joints": list(JOINT_NAMES),
+              "units": {"3d": "metres, root-relative, camera axes (x right, y down, z forward)",
+                        "spread_mm": "millimetres", "keypoints_2d": "image pixels"}}
     paths = [out / f"{stem}.json"]
-    paths[0].write_text(json.dumps(document))
-    if kind != "image":
-        results = [(r, p) for r in records for p in r["persons"]]
-        if results:
+    with atomic_write(paths[0], "w") as stream:
+        stream.write(json.dumps(header)[:-1] + ', "images": [')
+        for i, r in enumerate(records):
+            image = {**{k: v for k, v in r.items() if k != "persons"}, "persons": [p.to_dict() for p in r["persons"]]}
+            stream.write((", " if i else "") + json.dumps(image))
+        stream.write("]}")
+    results = [(r, p) for r in records for p in r["persons"]]
+    if kind != "image" and results:
+        paths.append(out / f"{stem}.npz")
+        with atomic_write(paths[1]) as stream:
             np.savez_compressed(
-                out / f"{stem}.npz",
+                stream,
                 keys=np.array([p.key for _, p in results]), images=np.array([r["image"] for r, _ in results]),
                 frames=np.array([-1 if r["frame"] is None else r["frame"] for r, _ in results]),
                 hypotheses=np.stack([p.hypotheses for _, p in results]).astype(np.float32),
@@ -529,7 +539,6 @@ def write_outputs(out, stem, kind, records, args):
                 spread_mm=np.stack([p.spread_mm for _, p in results]),
                 keypoints_2d=np.stack([p.keypoints_2d for _, p in results]),
                 center=np.stack([p.center for _, p in results]), scale=np.stack([p.scale for _, p in results]))
-            paths.append(out / f"{stem}.npz")
     return paths
 
 
@@ -541,7 +550,7 @@ def main(argv=None):
         parser.error("--batch-size and --every must be at least 1")
     try:
         records, written = run(args)
-    except (InputError, CheckpointError, ConfigError, FileNotFoundError) as error:
+    except (InputError, CheckpointError, ConfigError, FileNotFoundError, DiskFullError) as error:
         log.error("%s", error)
         return 2
     persons = sum(len(r["persons"]) for r in records)
