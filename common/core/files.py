@@ -17,8 +17,12 @@ class DiskFullError(OSError):
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="wb"):
+def atomic_write(path, mode="wb", temporary=None):
     """Yield an open stream (``mode`` "wb" or "w") whose content replaces ``path`` only when the block ends.
+
+    ``temporary``: where the data goes first (default ``.<name>.tmp-<pid>`` beside
+    ``path``; it must be on the same file system), for writers whose resume step
+    looks for their own leftovers.
 
     Raises:
         DiskFullError: the write hit ENOSPC (or EDQUOT); nothing was replaced.
@@ -27,7 +31,7 @@ def atomic_write(path, mode="wb"):
         raise ValueError(f"atomic_write writes whole files: mode 'wb' or 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}") if temporary is None else Path(temporary)
     try:
         with open(temporary, mode) as stream:
             yield stream
