@@ -23,7 +23,7 @@ from common.model.checkpoints import load_snappose_weights
 from common.run.config import load_config
 from common.data.loader import build_loader
 from common.model.diffusion import SAMPLERS
-from common.run.evaluation import build_networks, run_evaluation
+from common.run.evaluation import run_evaluation
 
 
 def build_parser():
@@ -55,10 +55,10 @@ def main(argv=None):
     cfg = load_config(args.config, overrides)
     device = torch.device(args.device)
     hypotheses = args.hypotheses or cfg.evaluation.num_proposals
-    backbone, denoiser = build_networks(cfg, device)
+    backbone, denoiser = cfg.networks(device)
     load_snappose_weights(denoiser, args.weights)
     denoiser.eval()
-    low_backbone, _ = build_networks(cfg, device)
+    low_backbone, _ = cfg.networks(device)
     prepare_backbone(low_backbone, "bf16")
     backbones = {"fp32": backbone, "bf16": low_backbone, "fp16": low_backbone}
     loader = build_loader(cfg.data.root, cfg.dataset, train=False,

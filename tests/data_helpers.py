@@ -1,4 +1,4 @@
-"""Tiny shards in the released layout (SPEC §2), written from seeded random arrays.
+"""Tiny shards in the released layout (docs/formats.md, Shards), written from seeded random arrays.
 
 For tests of anything that reads shards. A sample is a dict ``{"__key__": str,
 "jpg" or "png": bytes, "pyd": dict of numpy arrays}``; ``write_shard`` pickles

@@ -2,7 +2,7 @@
 
 The mirror table is spelled out joint by joint instead of being derived from
 ``common.core.skeleton``, and the metrics are re-derived in NumPy from their
-definitions (SPEC §7), so that a broken flip table or a broken metric in
+definitions (docs/formats.md, Metrics), so that a broken flip table or a broken metric in
 ``common`` cannot also produce the value it is compared with.
 """
 import numpy as np
@@ -54,7 +54,7 @@ def _aligned_joint_errors(poses, target, protocol):
 
 
 def hypothesis_metrics(hypotheses, ground_truth):
-    """Every ``{protocol}_{aggregation}_hypothesis`` of SPEC §7 in millimetres, from (N, H, J, 3) and (N, J, 3) metres."""
+    """Every ``{protocol}_{aggregation}_hypothesis`` of docs/formats.md (Metrics) in millimetres, from (N, H, J, 3) and (N, J, 3) metres."""
     hypotheses = np.asarray(hypotheses, dtype=np.float64)
     ground_truth = np.asarray(ground_truth, dtype=np.float64)
     out = {}

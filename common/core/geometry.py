@@ -1,6 +1,6 @@
 """Camera-plane geometry: normalized screen coordinates and the person crop.
 
-Conventions (SPEC §2):
+Conventions (``docs/formats.md``, Coordinate frames and Crop):
 - Normalized screen coordinates (VideoPose3D): u / w * 2 - 1, v / w * 2 - h / w,
   so x flips as x -> -x.
 - The crop is a similarity transform (no rotation) that maps the box centre to
@@ -113,7 +113,7 @@ def warp_affine(image, matrix, out_width=CROP_WIDTH, out_height=CROP_HEIGHT):
 
 
 def crop_image(image, center, scale, out_width=CROP_WIDTH, out_height=CROP_HEIGHT):
-    """The person crop of a full frame (SPEC §2), rounded back to 8 bits as the original does.
+    """The person crop of a full frame (``docs/formats.md``, Crop), rounded back to 8 bits as the original does.
 
     Args:
         image: (H, W, 3) uint8 RGB frame.

@@ -1,6 +1,6 @@
 """Build Human3.6M shards in the released layout from CA-PF labels and H36M-Toolbox frames.
 
-Inputs (SPEC §2): Context-Aware PoseFormer's ``h36m_train.pkl`` /
+Inputs (``docs/formats.md``, Shards): Context-Aware PoseFormer's ``h36m_train.pkl`` /
 ``h36m_validation.pkl`` (a pickled list of per-frame dicts) and the frames of
 H36M-Toolbox under ``images/s_XX_act_YY_subact_ZZ_ca_WW/s_XX_act_YY_subact_ZZ_ca_WW_NNNNNN.jpg``.
 Output: ``data-000000.tar ...``, each sample ``<key>.jpg`` (the frame's original

@@ -41,7 +41,8 @@ from common.model.checkpoints import CheckpointError, load_snappose_weights, rea
 from common.run.config import Config, ConfigError, config_from_dict, load_config
 from common.data.samples import flip_test_views, normalize_image
 from common.analysis.reliability import joint_spread
-from common.run.evaluation import build_networks, predict_hypotheses
+from common.run import distributed
+from common.run.evaluation import predict_hypotheses
 from common.core.geometry import (
     CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine,
     normalize_screen_coordinates,
@@ -142,7 +143,7 @@ def resolve_config(checkpoint, config=None, trust_checkpoint=False):
 def load_model(checkpoint, config=None, device=None, backbone_weights=None, heatmaps=True, trust_checkpoint=False):
     """Rebuild a SnapPose model exactly as it was trained and load its weights.
 
-    The networks are built by ``evaluation.build_networks``, as training and
+    The networks are built by ``Config.networks`` (``common.model.networks.build_networks``), as training and
     evaluation build them, so a run with a random backbone gets the same random
     backbone back.
 
@@ -161,9 +162,9 @@ def load_model(checkpoint, config=None, device=None, backbone_weights=None, heat
     cfg = resolve_config(checkpoint, config, trust_checkpoint)
     if backbone_weights is not None:
         cfg.weights.backbone = str(backbone_weights)
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.resolve_device(device)
     head = HEATMAP_JOINTS if heatmaps and cfg.weights.pretrained_backbone else 0
-    backbone, denoiser = build_networks(cfg, device, trust_checkpoint, heatmap_joints=head)
+    backbone, denoiser = cfg.networks(device, trust_checkpoint, heatmap_joints=head)
     load_snappose_weights(denoiser, checkpoint, trust_checkpoint)
     denoiser.eval()
     return LiftingModel(backbone, denoiser, cfg, device)

@@ -47,6 +47,37 @@ TRUST_HINT = ("If you trust where the file comes from, pass --trust-checkpoint (
               "unpickle it fully, which lets it run code")
 
 
+WEIGHT_SOURCES = {
+    "backbone": ("the PoseHRNet-W32 backbone weights (pose_hrnet_w32_256x192.pth, released with "
+                 "HRNet and SnapPose)", "--backbone-weights"),
+    "context": ("the Context-Aware PoseFormer weights (human36m_nips_retrain.bin or "
+                "mpi-inf_nips_retrain.bin, released with Context-Aware PoseFormer)", "--context-weights"),
+}
+
+
+def require_weight_file(candidates, kind):
+    """The first existing file of ``candidates`` (a path or a sequence of paths, in search order).
+
+    Raises:
+        FileNotFoundError: a candidate is a folder, or none exists; the message
+            lists every place looked at, what the file is and how to point elsewhere.
+    """
+    candidates = [candidates] if isinstance(candidates, (str, Path)) else list(candidates)
+    what, flag = WEIGHT_SOURCES[kind]
+    for path in candidates:
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"weight file {path} is a folder; it should be the file holding {what} "
+                                    f"(pass the file itself with {flag})")
+        if Path(path).is_file():
+            return Path(path)
+    where = (f"weight file {candidates[0]} not found" if len(candidates) == 1 else
+             f"weight file not found at any of the places looked at ({', '.join(map(str, candidates))})")
+    raise FileNotFoundError(
+        f"{where}: it should hold {what}. Put it {'there' if len(candidates) == 1 else 'at one of them'}, "
+        f"pass its path with {flag}, or set weights.pretrained_{kind}: false in the config to run with "
+        f"random weights")
+
+
 def read_checkpoint(path, trust=False):
     """Load a checkpoint file onto the CPU without running code from it.
 

@@ -157,7 +157,7 @@ class SnapPoseDenoiser(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(joint_dim), nn.Linear(joint_dim, 3))
 
     def encode_context(self, keypoints_2d, ref, features):
-        """SPEC §4 steps 1-2 and the ablation switches.
+        """Steps 1-2 of ``docs/formats.md`` (Networks, Denoiser) and the ablation switches.
 
         Args:
             keypoints_2d: (B, 1, J, 2) normalized screen coordinates.
@@ -190,7 +190,7 @@ class SnapPoseDenoiser(nn.Module):
         return tokens
 
     def denoise(self, context, noisy_3d, t):
-        """SPEC §4 steps 3-5.
+        """Steps 3-5 of ``docs/formats.md`` (Networks, Denoiser).
 
         Args:
             context: (B, 5, J, c) from ``encode_context``.

@@ -28,7 +28,7 @@ from common.core.errors import ConfigError  # noqa: F401  (part of this module's
 from common.core.skeleton import DATASETS
 from common.run import original_config
 from common.model.acceleration import PRECISIONS
-from common.model.networks import ModelConfig
+from common.model.networks import ModelConfig, build_networks
 from common.model.samplers import SAMPLERS
 
 
@@ -214,6 +214,11 @@ class Config:
     def context_weights(self):
         """The CA-PF weight file: the configured one or the dataset's default."""
         return self.weights.context or DEFAULT_CONTEXT_WEIGHTS[self.dataset]
+
+    def networks(self, device, trust_checkpoint=False, heatmap_joints=0):
+        """The run's (backbone, denoiser) on ``device`` (``common.model.networks.build_networks``)."""
+        weights = self.backbone_weights if self.weights.pretrained_backbone else None
+        return build_networks(self.model, device, self.seed, weights, trust_checkpoint, heatmap_joints)
 
     @property
     def backbone_weights(self):

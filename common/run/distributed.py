@@ -51,6 +51,11 @@ def init_distributed(device="auto"):
     return target
 
 
+def resolve_device(device=None):
+    """``device`` as a torch.device; None: this process's device (``init_distributed("auto")``)."""
+    return torch.device(device) if device is not None else init_distributed("auto")
+
+
 def cleanup_distributed():
     """Leave the process group (no-op for a single process)."""
     if dist.is_available() and dist.is_initialized():

@@ -20,14 +20,13 @@ import torch
 from tqdm import tqdm
 
 from common.run import distributed
-from common.model.checkpoints import load_backbone_weights, load_snappose_weights
+from common.model.checkpoints import load_snappose_weights
 from common.model.acceleration import compile_denoiser, prepare_backbone, run_backbone
 from common.run.config import config_to_dict, output_paths
 from common.data.loader import DEFAULT_SPLITS, build_loader
 from common.model.diffusion import sample as sample_poses
 from common.analysis.metrics import AGGREGATIONS, hypothesis_joint_errors
 from common.analysis.reliability import ReliabilityAccumulator
-from common.model.networks import build_model
 from common.data.counts import samples_per_pass
 from common.core.skeleton import ROOT_JOINT, flip_pose_3d
 from common.core.files import atomic_write, write_text
@@ -35,74 +34,6 @@ from common.data.splits import evaluation_shards
 from common.analysis.figures import draw_sample, draw_summary
 
 log = logging.getLogger(__name__)
-
-# Seed of the backbone's initial weights, used as they are when no pretrained file is loaded.
-RANDOM_BACKBONE_SEED = 0
-
-WEIGHT_SOURCES = {
-    "backbone": ("the PoseHRNet-W32 backbone weights (pose_hrnet_w32_256x192.pth, released with "
-                 "HRNet and SnapPose)", "--backbone-weights"),
-    "context": ("the Context-Aware PoseFormer weights (human36m_nips_retrain.bin or "
-                "mpi-inf_nips_retrain.bin, released with Context-Aware PoseFormer)", "--context-weights"),
-}
-
-
-def require_weight_file(candidates, kind):
-    """The first existing file of ``candidates`` (a path or a sequence of paths, in search order).
-
-    Raises:
-        FileNotFoundError: a candidate is a folder, or none exists; the message
-            lists every place looked at, what the file is and how to point elsewhere.
-    """
-    candidates = [candidates] if isinstance(candidates, (str, Path)) else list(candidates)
-    what, flag = WEIGHT_SOURCES[kind]
-    for path in candidates:
-        if Path(path).is_dir():
-            raise FileNotFoundError(f"weight file {path} is a folder; it should be the file holding {what} "
-                                    f"(pass the file itself with {flag})")
-        if Path(path).is_file():
-            return Path(path)
-    where = (f"weight file {candidates[0]} not found" if len(candidates) == 1 else
-             f"weight file not found at any of the places looked at ({', '.join(map(str, candidates))})")
-    raise FileNotFoundError(
-        f"{where}: it should hold {what}. Put it {'there' if len(candidates) == 1 else 'at one of them'}, "
-        f"pass its path with {flag}, or set weights.pretrained_{kind}: false in the config to run with "
-        f"random weights")
-
-
-def resolve_device(device):
-    return torch.device(device) if device is not None else distributed.init_distributed("auto")
-
-
-def _build_seeded(model_cfg, seed, heatmap_joints=0):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(model_cfg, heatmap_joints)
-
-
-def build_networks(cfg, device, trust_checkpoint=False, heatmap_joints=0):
-    """Build (backbone, denoiser) on ``device``; load the backbone weights and freeze it in eval mode.
-
-    The denoiser's initial weights follow ``cfg.seed``, the same in every
-    process. A config with ``weights.pretrained_backbone: false`` keeps a random
-    backbone (and logs a warning); it is drawn from a fixed seed, whatever
-    ``cfg.seed`` and the process, so that training and evaluation see the same one.
-    ``trust_checkpoint`` unpickles the weight file fully (see ``checkpoints.read_checkpoint``).
-    ``heatmap_joints`` = 17 also builds (and loads) the backbone's heatmap head.
-    """
-    backbone, _ = _build_seeded(cfg.model, RANDOM_BACKBONE_SEED, heatmap_joints)
-    _, denoiser = _build_seeded(cfg.model, cfg.seed)
-    if cfg.weights.pretrained_backbone:
-        path = require_weight_file(cfg.backbone_weights, "backbone")
-        log.info("backbone weights: %s", path)
-        load_backbone_weights(backbone, path, trust_checkpoint)
-    else:
-        log.warning("backbone weights: none loaded (weights.pretrained_backbone is false); "
-                    "the backbone is random, which suits synthetic data only")
-    backbone.requires_grad_(False)
-    backbone.eval()
-    return backbone.to(device), denoiser.to(device)
-
 
 def initial_noise(keys, num_proposals, seed, device):
     """x_T ~ N(0, I) of shape (B, H, 1, 17, 3), each sample's drawn from a generator seeded by its key."""
@@ -289,9 +220,9 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
         and "skipped_samples" (bad samples passed over with ``data.skip_bad``) added.
     """
     urls, split = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split)
-    device = resolve_device(device)
+    device = distributed.resolve_device(device)
     paths = output_paths(cfg)
-    backbone, denoiser = build_networks(cfg, device, trust_checkpoint)
+    backbone, denoiser = cfg.networks(device, trust_checkpoint)
     checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
     e = cfg.evaluation
     prepare_backbone(backbone, e.precision)

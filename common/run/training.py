@@ -32,12 +32,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.run import distributed
-from common.model.checkpoints import load_context_weights, load_snappose_weights, save_checkpoint
+from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
 from common.run.config import config_to_dict, output_paths, save_config
 from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
 from common.data.loader import build_loader
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
-from common.run.evaluation import build_networks, require_weight_file, resolve_device, run_evaluation
+from common.run.evaluation import run_evaluation
 from common.data.counts import samples_per_pass
 from common.data.splits import evaluation_shards
 
@@ -188,7 +188,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
             (nothing is saved, so the last good checkpoints stay).
     """
     check_config(cfg)
-    device = resolve_device(device)
+    device = distributed.resolve_device(device)
     paths = output_paths(cfg)
     main = distributed.is_main_process()
     rank, world = distributed.get_rank(), distributed.get_world_size()
@@ -197,7 +197,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
     val_shards = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split,
                                    "validation")[0] if cfg.train.validate_every else None
 
-    backbone, denoiser = build_networks(cfg, device, trust_checkpoint)
+    backbone, denoiser = cfg.networks(device, trust_checkpoint)
     # Also when resuming: loading freezes the CA-PF parts, so the optimizer sees
     # the same parameters as in the run that wrote the checkpoint.
     if cfg.weights.pretrained_context:

@@ -5,7 +5,7 @@ joint limits), cameras are Human3.6M-like, images are rendered with
 common.synthetic.render (depth-ordered shaded capsules on textured backgrounds), and the 2D
 inputs imitate a detector (pixel noise, occasional outliers and left/right swaps).
 
-Layout (SPEC §2):
+Layout (``docs/formats.md``, Shards):
 - h36m: ``train/`` (subjects 1 5 6 7 8) and ``validation/`` (subjects 9 11), shards
   ``data-000000.tar ...``, keys ``s_XX_act_YY_subact_ZZ_ca_WW_NNNNNN``; ``jpg`` full
   1000 x 1002 frames and a ``pyd`` dict: ``joints_3d`` (17, 3) metres camera

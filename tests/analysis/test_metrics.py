@@ -74,7 +74,7 @@ def _errors(millimetres, dtype=torch.float64):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_pck_and_auc_count_errors_strictly_below_the_threshold(dtype):
-    # The original's compute_metrics.py (torch.lt), MMPose and SPEC section 7: correct means error < t.
+    # The original's compute_metrics.py (torch.lt), MMPose and docs/formats.md (Metrics): correct means error < t.
     on_pck = _errors([150] * 17, dtype)
     assert metrics.pck_per_sample(on_pck).item() == 0.0
     assert metrics.pck_per_sample(on_pck, joints=metrics.ALL_JOINTS).item() == 0.0

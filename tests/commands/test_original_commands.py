@@ -31,7 +31,7 @@ import main_diffusers_h36m
 import main_diffusers_mpi
 from common.model.checkpoints import CONTEXT_PREFIXES, read_checkpoint
 from common.run.config import load_config
-from common.run.evaluation import require_weight_file
+from common.model.checkpoints import require_weight_file
 from common.model.networks import ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")

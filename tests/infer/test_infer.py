@@ -246,7 +246,7 @@ def test_heatmap_keypoints_map_back_to_image_pixels(trained, synthetic, monkeypa
     assert result.keypoint_source == "heatmaps"
     center, scale = infer.box_center_scale((300, 200, 300, 400), 1000, 1002)
     box = scale * 200
-    # Crop pixel 4 * p is the box's left/top edge plus that share of the box (SPEC §2's crop, inverted by hand).
+    # Crop pixel 4 * p is the box's left/top edge plus that share of the box (the crop of docs/formats.md, inverted by hand).
     crop = coco_to_h36m(4 * peaks)
     expected = center + (crop - np.array([191 / 2, 255 / 2])) * (box[0] - 1) / 191
     np.testing.assert_allclose(result.keypoints_2d, expected, atol=0.05)

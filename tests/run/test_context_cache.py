@@ -12,7 +12,6 @@ from common.run.cli import build_parser, overrides_from_args
 from common.run.config import ConfigError, output_paths
 from common.data.loader import build_loader
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
-from common.run.evaluation import build_networks
 from common.model.networks import build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -41,7 +40,7 @@ def cached_config(tiny_config, capf_file):
 
 
 def _networks(cfg):
-    backbone, denoiser = build_networks(cfg, CPU)
+    backbone, denoiser = cfg.networks(CPU)
     load_context_weights(denoiser, cfg.context_weights)
     return backbone, denoiser
 
@@ -188,7 +187,7 @@ def test_refuses_configurations_a_cache_would_change(cached_config, tmp_path, ov
 
 def test_refuses_a_denoiser_whose_context_still_trains(cached_config, tmp_path):
     cfg = cached_config(tmp_path)
-    backbone, denoiser = build_networks(cfg, CPU)  # context weights not loaded, so not frozen
+    backbone, denoiser = cfg.networks(CPU)  # context weights not loaded, so not frozen
     with pytest.raises(ConfigError, match="still take gradients"):
         context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False)
 

@@ -14,7 +14,7 @@ from common.analysis import metrics
 from common.model.checkpoints import save_checkpoint
 from common.run.config import output_paths
 from common.data.loader import build_loader
-from common.run.evaluation import build_networks, evaluate, predict_hypotheses
+from common.run.evaluation import evaluate, predict_hypotheses
 from common.model.networks import build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -85,7 +85,7 @@ def _test_batch(cfg, batch_size):
 
 def test_hypotheses_do_not_depend_on_batch_size(tiny_config, weights, tmp_path):
     cfg = tiny_config(tmp_path)
-    backbone, denoiser = build_networks(cfg, CPU)
+    backbone, denoiser = cfg.networks(CPU)
     denoiser.load_state_dict(torch.load(weights)["model_pos"])
     denoiser.eval()
     whole = predict_hypotheses(backbone, denoiser, _test_batch(cfg, 3)[0], 2, 2)
@@ -95,7 +95,7 @@ def test_hypotheses_do_not_depend_on_batch_size(tiny_config, weights, tmp_path):
 
 def test_flip_test_averages_the_unflipped_mirror_view(tiny_config, weights, tmp_path):
     cfg = tiny_config(tmp_path)
-    backbone, denoiser = build_networks(cfg, CPU)
+    backbone, denoiser = cfg.networks(CPU)
     denoiser.load_state_dict(torch.load(weights)["model_pos"])
     denoiser.eval()
     batch = _test_batch(cfg, 3)[0]
@@ -120,9 +120,9 @@ def test_random_backbone_is_the_same_for_training_and_evaluation(tiny_config, tm
     """Without pretrained weights the backbone is drawn from a fixed seed: every process, run and
     -seed sees the same one, while the denoiser's initial weights follow -seed."""
     torch.manual_seed(1)
-    backbone_a, denoiser_a = build_networks(tiny_config(tmp_path, seed=0), CPU)
+    backbone_a, denoiser_a = tiny_config(tmp_path, seed=0).networks(CPU)
     torch.manual_seed(2)
-    backbone_b, denoiser_b = build_networks(tiny_config(tmp_path, seed=5), CPU)
+    backbone_b, denoiser_b = tiny_config(tmp_path, seed=5).networks(CPU)
     for a, b in zip(backbone_a.state_dict().values(), backbone_b.state_dict().values()):
         assert torch.equal(a, b)
     assert not torch.equal(denoiser_a.state_dict()["head.1.weight"], denoiser_b.state_dict()["head.1.weight"])
