@@ -554,6 +554,10 @@ def main(argv=None):
     except (ConversionError, DiskFullError) as exn:
         print(f"error: {exn}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished shards in {args.out} are kept (no shard is left in part); run the same "
+              f"command again to resume", file=sys.stderr)
+        return 130
     summary = report["summary"]
     print(f"{summary['frames_written']} frames written in {summary['shards']} shards "
           f"({summary['bytes'] / 1e9:.2f} GB), {summary['frames_skipped']} skipped {summary['skipped_by_reason']}")

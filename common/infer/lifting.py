@@ -554,6 +554,9 @@ def main(argv=None):
     except (InputError, CheckpointError, ConfigError, FileNotFoundError, DiskFullError) as error:
         log.error("%s", error)
         return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: results already in %s are the previous run's (nothing is written in part)", args.out)
+        return 130
     persons = sum(len(r["persons"]) for r in records)
     print(f"lifted {persons} person(s) in {len(records)} image(s)")
     for path in written[:3] + (["..."] if len(written) > 4 else []) + written[3:][-1:]:

@@ -258,3 +258,24 @@ def test_a_full_disk_stops_with_exit_2_keeping_the_finished_shards(toolbox, tmp_
     monkeypatch.undo()
     assert convert.main(command) == 0  # resumes once there is room
     assert shard_bytes(out) == shard_bytes(tmp_path / "whole")
+
+
+def test_ctrl_c_on_the_command_line_keeps_finished_shards_and_says_how_to_resume(toolbox, tmp_path, monkeypatch,
+                                                                                 capsys):
+    label_path, images, _ = toolbox
+    original = convert.check_frame
+    calls = []
+
+    def interrupt_in_second_shard(data):
+        calls.append(data)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        original(data)
+
+    monkeypatch.setattr(convert, "check_frame", interrupt_in_second_shard)
+    out = tmp_path / "out"
+    command = ["h36m", "--labels", label_path, "--images", images, "--out", str(out), "--shard-size", "2",
+               "--workers", "0"]
+    assert convert.main(command) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["conversion_report.json", "data-000000.tar"]
