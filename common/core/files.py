@@ -8,6 +8,7 @@ the file and saying the previous file was kept.
 """
 import contextlib
 import errno
+import glob
 import os
 from pathlib import Path
 
@@ -53,3 +54,25 @@ def write_text(path, text):
     with atomic_write(path, "w") as stream:
         stream.write(text)
     return Path(path)
+
+
+def remove_orphaned_temporaries(path):
+    """Delete ``atomic_write``'s default temporaries of ``path`` left by killed writers (kill -9, power cut).
+
+    Only those whose process is gone; a writer still running keeps its temporary.
+    """
+    path = Path(path)
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = orphan.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

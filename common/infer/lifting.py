@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.core.files import DiskFullError, atomic_write
+from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
 from common.model.acceleration import PRECISIONS, prepare_backbone
 from common.model.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint
 from common.run.config import Config, ConfigError, config_from_dict, load_config
@@ -527,6 +527,7 @@ def write_outputs(out, stem, kind, records, args):
             image = {**{k: v for k, v in r.items() if k != "persons"}, "persons": [p.to_dict() for p in r["persons"]]}
             stream.write((", " if i else "") + json.dumps(image))
         stream.write("]}")
+    remove_orphaned_temporaries(paths[0])
     results = [(r, p) for r in records for p in r["persons"]]
     if kind != "image" and results:
         paths.append(out / f"{stem}.npz")
@@ -540,6 +541,7 @@ def write_outputs(out, stem, kind, records, args):
                 spread_mm=np.stack([p.spread_mm for _, p in results]),
                 keypoints_2d=np.stack([p.keypoints_2d for _, p in results]),
                 center=np.stack([p.center for _, p in results]), scale=np.stack([p.scale for _, p in results]))
+        remove_orphaned_temporaries(paths[1])
     return paths
 
 

@@ -1,6 +1,8 @@
 """Inference on a user's images (common.infer.lifting): parity with evaluation, inputs, outputs and errors."""
 import errno
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -395,7 +397,12 @@ def test_a_video_without_frames_is_an_error(trained, synthetic, tmp_path, monkey
 
 def test_a_full_disk_or_ctrl_c_while_writing_results_keeps_the_previous_files(trained, synthetic, tmp_path,
                                                                               monkeypatch, caplog):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "out").mkdir()
+    killed = tmp_path / "out" / f".frames.json.tmp-{int(finished.stdout)}"  # left by a run killed with -9
+    killed.write_text('{"images": [')
     assert _lift_folder(trained, synthetic, tmp_path) == 0
+    assert not killed.exists()  # removed, never read as a result
     outputs = {path: path.read_bytes() for path in (tmp_path / "out").iterdir()}
     assert sorted(p.name for p in outputs) == ["frames.json", "frames.npz"]
 
