@@ -457,6 +457,12 @@ def _people_of(args, annotations, boxes, name, number, position, width, height):
     return [PersonSpec(bbox=list(args.bbox) if args.bbox else None)]
 
 
+def _where(args, name, index):
+    """How messages name a person: the image, its place, and the file that gave it."""
+    given = args.keypoints or args.boxes
+    return f"{given}, {name}, person {index}" if given else f"{name}, person {index}"
+
+
 def run(args):
     """Lift every person of ``args.input``; writes JSON (and npz, figures, GIF); returns (records, files written)."""
     from common.infer.figures import FigureWriter
@@ -493,7 +499,7 @@ def run(args):
             for index, spec in enumerate(_people_of(args, annotations, boxes, name, number, position, width, height)):
                 try:
                     person = prepare_person(image, spec.bbox, spec.keypoints, spec.format,
-                                            base if index == 0 else f"{base}#{index}", f"{name}, person {index}")
+                                            base if index == 0 else f"{base}#{index}", _where(args, name, index))
                 except InputError as error:
                     if not (args.skip_incomplete and "missing" in str(error)):
                         raise
