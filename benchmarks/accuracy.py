@@ -76,10 +76,10 @@ def main(argv=None):
     rows = []
     for sampler, steps, precision in grid:
         start = time.perf_counter()
-        accumulator, _ = run_evaluation(backbones[precision], denoiser, batches, cfg.dataset, hypotheses,
-                                        steps, True, cfg.train.num_train_timesteps, cfg.seed,
-                                        desc=f"{sampler} K={steps} {precision}", sampler=sampler,
-                                        precision=precision)
+        sampling = cfg.sampling().replace(sampler=sampler, steps=steps, hypotheses=hypotheses, precision=precision,
+                                          flip=True, compile=False)
+        accumulator, _ = run_evaluation(backbones[precision], denoiser, batches, cfg.dataset, sampling,
+                                        desc=f"{sampler} K={steps} {precision}")
         seconds = time.perf_counter() - start
         s = accumulator.summary()
         row = {"sampler": sampler, "steps": steps, "precision": precision, "images": s["num_samples"],

@@ -4,11 +4,14 @@ The allowed edges are the ones ``common/__init__.py`` and each package's
 docstring state; a new import that breaks them fails here, with the line.
 """
 import ast
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
 
-COMMON = Path(__file__).resolve().parents[1] / "common"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMMON = REPO_ROOT / "common"
 
 # package -> the packages it may import (besides itself)
 ALLOWED = {
@@ -112,3 +115,30 @@ def test_the_checker_sees_a_wrong_import(tmp_path):
     (root / "model" / "bad.py").write_text("from common.run.config import Config\n")
     (root / "run" / "good.py").write_text("from common.model import bad\n")
     assert layer_violations(find_modules(root)) == ["common.model.bad:1 imports common.run.config"]
+
+
+# Modules of the flat layout before the subpackages, and those split since; nothing may import them.
+OLD_MODULES = ("common.data", "common.models", "common.training", "common.evaluation", "common.config",
+               "common.original_config", "common.synthetic", "common.visualization", "common.sample_count",
+               "common.infer", "common.inference_inputs", "common.inference_figures", "common.keypoints",
+               "common.reliability", "common.metrics", "common.backbone", "common.context", "common.denoiser",
+               "common.diffusion", "common.samplers", "common.acceleration", "common.checkpoints",
+               "common.runlock", "common.distributed", "common.context_cache", "common.splits", "common.geometry",
+               "common.skeleton", "common.safe_pickle", "common.body_model", "common.render", "common.cli",
+               "common.data.shards")
+# Packages now; importing them (not a module of the old name) is right.
+PACKAGES_NOW = {"common.data", "common.synthetic", "common.infer"}
+
+
+def test_nothing_imports_a_module_by_its_old_path():
+    pattern = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import\s+([\w, ()]+)|import\s+([\w.]+))", re.M)
+    found = []
+    for path in [*REPO_ROOT.glob("*.py"), *REPO_ROOT.glob("common/**/*.py"), *REPO_ROOT.glob("benchmarks/*.py"),
+                 *REPO_ROOT.glob("tests/**/*.py"), *REPO_ROOT.glob("docs/*.md"), REPO_ROOT / "README.md"]:
+        for match in pattern.finditer(path.read_text()):
+            module = match.group(1) or match.group(3)
+            if module in OLD_MODULES and module not in PACKAGES_NOW:
+                found.append(f"{path.relative_to(REPO_ROOT)}: {match.group(0).strip()}")
+    assert not found, "imports of old module paths:\n" + "\n".join(found)
+    for old in set(OLD_MODULES) - PACKAGES_NOW:
+        assert importlib.util.find_spec(old) is None, f"{old} still exists"

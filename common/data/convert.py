@@ -334,6 +334,25 @@ def _summarise(shard_stats, skipped):
     }
 
 
+def _checked_split(labels_path, images, split, shard_size, shard_bytes):
+    """The split (guessed from the label file's name when None), after checking the options."""
+    if split is None:
+        name = os.path.basename(labels_path).lower()
+        guesses = [s for s in SPLITS if s in name or (s == "validation" and ("valid" in name or "test" in name))]
+        if len(guesses) != 1:
+            raise ConversionError(f"cannot tell the split from the label file name {name!r}; "
+                                  f"pass split= (--split) as one of {SPLITS}")
+        split = guesses[0]
+    if split not in SPLITS:
+        raise ConversionError(f"split must be one of {SPLITS}, got {split!r}")
+    if not os.path.isdir(images):
+        raise ConversionError(f"frame folder {images} does not exist; it is H36M-Toolbox's images/ folder "
+                              "holding s_XX_act_YY_subact_ZZ_ca_WW/ subfolders")
+    if shard_size < 1 or (shard_bytes is not None and shard_bytes < 1):
+        raise ConversionError(f"shard_size and shard_bytes must be positive, got {shard_size} and {shard_bytes}")
+    return split
+
+
 def convert_h36m(labels, images, out, split=None, subjects=None, shuffle=None, seed=0,
                  shard_size=DEFAULT_SHARD_SIZE, shard_bytes=None, workers=0, strict=False, progress=True):
     """Convert CA-PF labels and H36M-Toolbox frames into released-layout shards.
@@ -360,20 +379,7 @@ def convert_h36m(labels, images, out, split=None, subjects=None, shuffle=None, s
             another conversion's shards, or (with ``strict``) any bad frame.
     """
     labels_path = os.fspath(labels)
-    if split is None:
-        name = os.path.basename(labels_path).lower()
-        guesses = [s for s in SPLITS if s in name or (s == "validation" and ("valid" in name or "test" in name))]
-        if len(guesses) != 1:
-            raise ConversionError(f"cannot tell the split from the label file name {name!r}; "
-                                  f"pass split= (--split) as one of {SPLITS}")
-        split = guesses[0]
-    if split not in SPLITS:
-        raise ConversionError(f"split must be one of {SPLITS}, got {split!r}")
-    if not os.path.isdir(images):
-        raise ConversionError(f"frame folder {images} does not exist; it is H36M-Toolbox's images/ folder "
-                              "holding s_XX_act_YY_subact_ZZ_ca_WW/ subfolders")
-    if shard_size < 1 or (shard_bytes is not None and shard_bytes < 1):
-        raise ConversionError(f"shard_size and shard_bytes must be positive, got {shard_size} and {shard_bytes}")
+    split = _checked_split(labels_path, images, split, shard_size, shard_bytes)
     subjects = tuple(sorted(int(s) for s in (SPLIT_SUBJECTS[split] if subjects is None else subjects)))
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     os.makedirs(out, exist_ok=True)

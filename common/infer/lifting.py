@@ -301,29 +301,20 @@ def detect_keypoints(model, people, method="dark"):
         person.keypoint_source = "heatmaps"
 
 
-def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=None, seed=None,
-                heatmap_decoding="dark", sampler=None, precision=None):
+def lift_people(model, people, sampling=None, heatmap_decoding="dark"):
     """Lift prepared persons (one batch through backbone and denoiser); returns a LiftResult each.
 
-    Sampling settings (H, K, flip test, sampler, precision) default to the
-    model's evaluation config; ``seed`` to its ``seed``.
+    ``sampling``: a ``SamplingConfig``; None: the model's evaluation settings
+    (``model.config.sampling()``). Inference runs eagerly (its ``compile`` is not used).
     """
-    cfg = model.config
-    sampler = cfg.evaluation.sampler if sampler is None else sampler
-    precision = cfg.evaluation.precision if precision is None else precision
-    num_proposals = cfg.evaluation.num_proposals if num_proposals is None else num_proposals
-    timesteps = cfg.evaluation.timesteps if timesteps is None else timesteps
-    flip_test = cfg.evaluation.flip_test if flip_test is None else flip_test
-    seed = cfg.seed if seed is None else seed
+    sampling = model.config.sampling() if sampling is None else sampling
     detect_keypoints(model, people, heatmap_decoding)
     views = [flip_test_views(p.crop, torch.from_numpy(p.keypoints[0]), torch.from_numpy(p.keypoints[1]))
              for p in people]
     batch = {name: torch.stack([v[name] for v in views]) for name in views[0]}
     batch["key"] = [p.key for p in people]
-    prepare_backbone(model.backbone, precision)
-    hypotheses = predict_hypotheses(model.backbone, model.denoiser, batch, num_proposals, timesteps, flip_test,
-                                    cfg.train.num_train_timesteps, seed, sampler,
-                                    precision).cpu().numpy()  # (B, H, 17, 3)
+    prepare_backbone(model.backbone, sampling.precision)
+    hypotheses = predict_hypotheses(model.backbone, model.denoiser, batch, sampling).cpu().numpy()  # (B, H, 17, 3)
     results = []
     for person, poses in zip(people, hypotheses):
         mean = poses.mean(axis=0)
@@ -334,8 +325,8 @@ def lift_people(model, people, num_proposals=None, timesteps=None, flip_test=Non
     return results
 
 
-def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key=None, num_proposals=None,
-         timesteps=None, flip_test=None, seed=None, heatmap_decoding="dark", sampler=None, precision=None):
+def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key=None, sampling=None,
+         heatmap_decoding="dark"):
     """Lift one person of one image to 3D.
 
     Args:
@@ -347,8 +338,9 @@ def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key
         model: a LiftingModel from :func:`load_model`.
         key: names the person; its initial noise is seeded by (key, seed) as in
             evaluation. Default: the file's stem, or "image" for an array.
-        num_proposals, timesteps, flip_test, seed, sampler, precision: sampling (see
-            ``common.model.samplers``, ``common.model.acceleration``); default: the model's config.
+        sampling: a ``common.model.samplers.SamplingConfig`` (H, K, sampler, precision, flip
+            test, seed); None: the model's evaluation settings. Change a few with
+            ``model.config.sampling().replace(hypotheses=6)``.
         heatmap_decoding: "dark" or "quarter" (``common.infer.keypoints.decode_heatmaps``).
     Returns:
         LiftResult.
@@ -360,8 +352,7 @@ def lift(image, bbox=None, keypoints=None, *, model, keypoint_format="coco", key
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
     person = prepare_person(image, bbox, keypoints, keypoint_format, "image" if key is None else key)
-    return lift_people(model, [person], num_proposals, timesteps, flip_test, seed, heatmap_decoding,
-                       sampler, precision)[0]
+    return lift_people(model, [person], sampling, heatmap_decoding)[0]
 
 
 # ---------------------------------------------------------------- command line
@@ -476,9 +467,10 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).stem if kind != "folder" else Path(args.input).resolve().name
     figures = FigureWriter(out, stem, args.visualize, args.animate and kind != "image")
-    options = dict(num_proposals=args.num_proposals, timesteps=args.timesteps,
-                   flip_test=False if args.no_flip_test else None, seed=args.seed,
-                   heatmap_decoding=args.heatmap_decoding, sampler=args.sampler, precision=args.precision)
+    sampling = model.config.sampling().replace(
+        hypotheses=args.num_proposals, steps=args.timesteps, flip=False if args.no_flip_test else None,
+        seed=args.seed, sampler=args.sampler, precision=args.precision)
+    options = dict(sampling=sampling, heatmap_decoding=args.heatmap_decoding)
     records, pending = [], []  # pending: (record, prepared person, image) not yet lifted
 
     def flush():

@@ -12,6 +12,7 @@ the 192x256 crop (crop pixels / (96, 128) - 1), grid-sampled with
 """
 import math
 
+from einops import rearrange
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,7 +66,7 @@ def sample_features(feature_map, points, padding_mode):
         (B, J, S, C).
     """
     sampled = F.grid_sample(feature_map, points, mode="bilinear", padding_mode=padding_mode, align_corners=True)
-    return sampled.permute(0, 2, 3, 1)  # (B, C, J, S) -> (B, J, S, C)
+    return rearrange(sampled, "b c j s -> b j s c")
 
 
 class DeformableContextBlock(nn.Module):
@@ -126,19 +127,19 @@ class DeformableContextBlock(nn.Module):
         Returns:
             (B, 5, J, dim), the pose token unchanged.
         """
-        B, _, J, dim = tokens.shape
         pose, levels = tokens[:, :1], tokens[:, 1:]
         query = self.norm1(levels + pose)
-        weights = self.attention_weights(query).view(B, 4, J, self.num_heads, self.num_samples).softmax(dim=-1)
-        offsets = self.sampling_offsets(query).tanh().view(B, 4, J, self.num_heads * self.num_samples, 2)
+        weights = rearrange(self.attention_weights(query), "b l j (heads s) -> b l j heads s",
+                            heads=self.num_heads).softmax(dim=-1)
+        offsets = rearrange(self.sampling_offsets(query).tanh(), "b l j (n xy) -> b l j n xy", xy=2)
         positions = ref[:, None, :, None, :] + offsets  # (B, 4, J, heads * samples, 2)
 
         attended = []
         for level, (feature_map, embed) in enumerate(zip(features, self.embed_proj)):
             samples = embed(sample_features(feature_map, positions[:, level], "border"))  # (B, J, heads * samples, dim / heads)
-            samples = samples.view(B, J, self.num_heads, self.num_samples, -1)
+            samples = rearrange(samples, "b j (heads s) d -> b j heads s d", heads=self.num_heads)
             per_head = (samples * weights[:, level, ..., None]).sum(dim=3)  # (B, J, heads, dim / heads)
-            attended.append(per_head.reshape(B, J, dim))
+            attended.append(rearrange(per_head, "b j heads d -> b j (heads d)"))
         levels = levels + self.drop_path(torch.stack(attended, dim=1))  # (B, 4, J, dim)
         levels = levels + self.drop_path(self.mlp(self.norm2(levels)))
         return torch.cat([pose, levels], dim=1)

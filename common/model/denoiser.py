@@ -27,6 +27,7 @@ mode like every other layer, as in the original training.
 """
 import math
 
+from einops import rearrange, repeat
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,15 +56,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
-        N, T, C = x.shape
-        qkv = self.qkv(x).reshape(N, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, N, heads, T, C / heads)
+        N = x.shape[0]
+        qkv = rearrange(self.qkv(x), "n t (three heads d) -> three n heads t d", three=3, heads=self.num_heads)
         q, k, v = qkv.unbind(0)
         if N <= MAX_ATTENTION_BATCH:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T * scale) v
         else:
             out = torch.cat([F.scaled_dot_product_attention(*qkv_slice, scale=self.scale) for qkv_slice in
                              zip(*(t.split(MAX_ATTENTION_BATCH) for t in (q, k, v)))])
-        return self.proj(out.transpose(1, 2).reshape(N, T, C))
+        return self.proj(rearrange(out, "n heads t d -> n t (heads d)"))
 
 
 class TransformerBlock(nn.Module):
@@ -207,21 +208,21 @@ class SnapPoseDenoiser(nn.Module):
         if t.shape != (B,):
             raise ValueError(f"expected timesteps t of shape ({B},), got {tuple(t.shape)}")
         H = noisy_3d.shape[1] if hypotheses else 1
-        c, J = self.embed_dim, NUM_JOINTS
+        J = NUM_JOINTS
 
         time = self.time_mlp(t)  # (B, c)
         # The context tokens (plus time) are the same for a sample's hypotheses: add the time
         # embedding once per sample, then broadcast; tokens are laid out joint-major so that
         # the per-joint blocks need no permute.
-        context = (context + time[:, None, None, :]).transpose(1, 2)  # (B, J, 5, c)
-        context = context[:, None].expand(B, H, J, NUM_CONTEXT_TOKENS, c).reshape(B * H, J, NUM_CONTEXT_TOKENS, c)
+        context = rearrange(context + time[:, None, None, :], "b s j c -> b j s c")
+        context = repeat(context, "b j s c -> (b h) j s c", h=H)
         x = self.coord_3d_embed(noisy_3d.reshape(B * H, J, 1, 3))  # (B*H, J, 1, c)
         x = x + time.repeat_interleave(H, dim=0)[:, None, None, :]
-        x = torch.cat([x, context], dim=2).reshape(B * H * J, NUM_CONTEXT_TOKENS + 1, c)  # noisy-pose token first
+        x = rearrange(torch.cat([x, context], dim=2), "bh j s c -> (bh j) s c")  # noisy-pose token first
 
         for block in self.res_blocks:
             x = block(x)
-        x = x.reshape(B * H, J, (NUM_CONTEXT_TOKENS + 1) * c)  # (B*H, J, 6c): a joint's tokens side by side
+        x = rearrange(x, "(bh j) s c -> bh j (s c)", j=J)  # a joint's six tokens side by side
         for block in self.joint_blocks:
             x = block(x)
         noise = self.head(x)  # (B*H, J, 3)

@@ -26,6 +26,9 @@ predictions. Each sampler calls the denoiser once per step (K calls).
 The network may run under autocast (``precision``); the scheduler's arithmetic
 always runs in float32 on a float32 sample.
 """
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
@@ -45,6 +48,37 @@ _SCHEDULERS = {
     "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, **_CLAMP_X0}),
 }
 SAMPLERS = tuple(_SCHEDULERS)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How hypotheses are drawn: built once (``Config.sampling()``) and passed whole.
+
+    sampler: one of ``SAMPLERS`` ("ddim" is the paper's). steps: K denoiser calls.
+    hypotheses: H per sample. precision: "fp32", "bf16" or "fp16" autocast.
+    compile: the denoising step through ``torch.compile``. flip: also sample the
+    mirrored view and average per hypothesis. seed: with each sample's key, seeds
+    its initial noise. num_train_timesteps: the training schedule's length.
+    The defaults are the paper's evaluation.
+    """
+
+    sampler: str = "ddim"
+    steps: int = 20
+    hypotheses: int = 20
+    precision: str = "fp32"
+    compile: bool = False
+    flip: bool = True
+    seed: int = 0
+    num_train_timesteps: int = 100
+
+    def replace(self, **changes):
+        """A copy with some fields changed; None values keep the field."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self):
+        """One line for logs: "20 hypotheses, 20 ddim steps, flip test on, fp32"."""
+        return (f"{self.hypotheses} hypotheses, {self.steps} {self.sampler} steps, flip test "
+                f"{'on' if self.flip else 'off'}, {self.precision}{', compiled' if self.compile else ''}")
 
 
 def make_sampling_scheduler(sampler="ddim", num_train_timesteps=100):

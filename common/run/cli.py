@@ -10,7 +10,6 @@ Precedence: defaults < ``--config`` YAML < flags given on the command line.
 """
 import argparse
 import logging
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -243,8 +242,3 @@ def main(dataset, argv=None):
     finally:
         distributed.cleanup_distributed()
     return 0
-
-
-def run(dataset):
-    """Console entry: ``sys.exit(main(dataset))``."""
-    sys.exit(main(dataset))

@@ -29,7 +29,7 @@ from common.core.skeleton import DATASETS
 from common.run import original_config
 from common.model.acceleration import PRECISIONS
 from common.model.networks import ModelConfig, build_networks
-from common.model.samplers import SAMPLERS
+from common.model.samplers import SAMPLERS, SamplingConfig
 
 
 # Searched in this order when weights.backbone is null: this project's place, then
@@ -214,6 +214,20 @@ class Config:
     def context_weights(self):
         """The CA-PF weight file: the configured one or the dataset's default."""
         return self.weights.context or DEFAULT_CONTEXT_WEIGHTS[self.dataset]
+
+    def sampling(self):
+        """How evaluation samples (``evaluation.*``), as a ``SamplingConfig``."""
+        e = self.evaluation
+        return SamplingConfig(sampler=e.sampler, steps=e.timesteps, hypotheses=e.num_proposals,
+                              precision=e.precision, compile=e.compile, flip=e.flip_test, seed=self.seed,
+                              num_train_timesteps=self.train.num_train_timesteps)
+
+    def validation_sampling(self):
+        """How validation during training samples (``train.val_*``; fp32, eager, the evaluation's flip test)."""
+        t = self.train
+        return SamplingConfig(sampler=t.val_sampler, steps=t.val_timesteps, hypotheses=t.val_proposals,
+                              flip=self.evaluation.flip_test, seed=self.seed,
+                              num_train_timesteps=t.num_train_timesteps)
 
     def networks(self, device, trust_checkpoint=False, heatmap_joints=0):
         """The run's (backbone, denoiser) on ``device`` (``common.model.networks.build_networks``)."""

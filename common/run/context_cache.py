@@ -121,11 +121,6 @@ class ContextCache:
     def __len__(self):
         return len(self.keys)
 
-    @staticmethod
-    def epoch_generator(seed, epoch, rank=0):
-        """The generator of an epoch's order and views: a function of seed, rank and epoch only."""
-        return torch.Generator().manual_seed((seed * 1000 + rank) * 100003 + epoch)
-
     def plan(self, generator):
         """(order (N,), view (N,) in {0, 1}): a random permutation and a fair coin per sample."""
         order = torch.randperm(len(self), generator=generator)

@@ -122,12 +122,3 @@ def all_reduce_mean(value):
                           device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(tensor)
     return tensor.item() / get_world_size()
-
-
-def broadcast_object(obj, src=0):
-    """Rank ``src``'s ``obj`` on every process."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

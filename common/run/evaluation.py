@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from einops import rearrange
 import torch
 from tqdm import tqdm
 
@@ -25,6 +26,7 @@ from common.model.acceleration import compile_denoiser, prepare_backbone, run_ba
 from common.run.config import config_to_dict, output_paths
 from common.data.loader import DEFAULT_SPLITS, build_loader
 from common.model.diffusion import sample as sample_poses
+from common.model.samplers import SamplingConfig
 from common.analysis.metrics import AGGREGATIONS, hypothesis_joint_errors
 from common.analysis.reliability import ReliabilityAccumulator
 from common.data.counts import samples_per_pass
@@ -45,8 +47,7 @@ def initial_noise(keys, num_proposals, seed, device):
 
 
 @torch.no_grad()
-def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test=True,
-                       num_train_timesteps=100, seed=0, sampler="ddim", precision="fp32"):
+def predict_hypotheses(backbone, denoiser, batch, sampling=SamplingConfig()):
     """Draw H hypotheses for a test batch.
 
     Args:
@@ -54,22 +55,22 @@ def predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip
         batch: a test batch of ``common.data.loader.build_loader``: image (B, 2, 3, 256, 192),
             keypoints_2d (B, 2, 17, 2), ref (B, 2, 17, 2), key (B,);
             view 0 is the original, view 1 the mirror image.
-        num_proposals: H. timesteps: sampling steps K.
-        flip_test: run both views and average; False uses view 0 only.
-        sampler: one of ``common.model.samplers.SAMPLERS``.
-        precision: "fp32", "bf16" or "fp16" autocast of backbone and denoiser
-            (see ``common.model.acceleration``; prepare the backbone with ``prepare_backbone``).
+        sampling: a ``common.model.samplers.SamplingConfig``: H, K, sampler, seed;
+            ``flip`` runs both views and averages (off: view 0 only); ``precision``
+            autocasts backbone and denoiser (prepare the backbone with
+            ``common.model.acceleration.prepare_backbone``).
     Returns:
         (B, H, 17, 3) root-relative hypotheses in metres, root exactly 0.
     """
     device = next(denoiser.parameters()).device
-    images, keypoints, ref = stack_views(batch, flip_test, device)
-    features = run_backbone(backbone, images, precision)
-    views = 2 if flip_test else 1
-    noise = initial_noise(batch["key"], num_proposals, seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
-    sample = sample_poses(denoiser, noise, keypoints, ref, features, timesteps, sampler, num_train_timesteps,
-                          precision)
-    return merge_views(sample, flip_test)
+    s = sampling
+    images, keypoints, ref = stack_views(batch, s.flip, device)
+    features = run_backbone(backbone, images, s.precision)
+    views = 2 if s.flip else 1
+    noise = initial_noise(batch["key"], s.hypotheses, s.seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
+    sample = sample_poses(denoiser, noise, keypoints, ref, features, s.steps, s.sampler, s.num_train_timesteps,
+                          s.precision)
+    return merge_views(sample, s.flip)
 
 
 def stack_views(batch, flip_test, device):
@@ -83,9 +84,9 @@ def stack_views(batch, flip_test, device):
     images = batch["image"][:, :views].to(device)
     keypoints = batch["keypoints_2d"][:, :views].to(device)
     ref = batch["ref"][:, :views].to(device)
-    images = images.transpose(0, 1).flatten(0, 1)  # (V*B, 3, 256, 192)
-    keypoints = keypoints.transpose(0, 1).flatten(0, 1)[:, None]  # (V*B, 1, 17, 2)
-    ref = ref.transpose(0, 1).flatten(0, 1)  # (V*B, 17, 2)
+    images = rearrange(images, "b v c h w -> (v b) c h w")
+    keypoints = rearrange(keypoints, "b v j xy -> (v b) 1 j xy")
+    ref = rearrange(ref, "b v j xy -> (v b) j xy")
     return images, keypoints, ref
 
 
@@ -96,7 +97,7 @@ def merge_views(sample, flip_test):
     with the original's, hypothesis by hypothesis.
     """
     views = 2 if flip_test else 1
-    sample = sample[:, :, 0].unflatten(0, (views, sample.shape[0] // views))  # (V, B, H, 17, 3)
+    sample = rearrange(sample[:, :, 0], "(v b) h j xyz -> v b h j xyz", v=views)
     poses = sample[0]
     if flip_test:
         poses = (poses + flip_pose_3d(sample[1])) / 2
@@ -106,9 +107,8 @@ def merge_views(sample, flip_test):
 
 
 @torch.no_grad()
-def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps, flip_test=True,
-                   num_train_timesteps=100, seed=0, keep_predictions=False, figures_dir=None,
-                   num_figures=0, desc="evaluate", sampler="ddim", precision="fp32"):
+def run_evaluation(backbone, denoiser, loader, dataset, sampling=SamplingConfig(), keep_predictions=False,
+                   figures_dir=None, num_figures=0, desc="evaluate"):
     """Score every sample of ``loader`` once across all processes.
 
     Args:
@@ -118,7 +118,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
         figures_dir, num_figures: draw the first ``num_figures`` samples of the
             main process as PNG files into ``figures_dir``, and ``summary.png``
             (``visualization.draw_summary``) of all samples.
-        sampler, precision: as ``predict_hypotheses``.
+        sampling: a ``common.model.samplers.SamplingConfig``, as ``predict_hypotheses``.
     Returns:
         (accumulator, predictions): a ``ReliabilityAccumulator`` holding every
         process's samples (its ``summary()`` in millimetres and percent, with the
@@ -135,8 +135,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
     main = distributed.is_main_process()
     progress = tqdm(desc=desc, unit="sample", total=samples_per_pass(loader), disable=not main, dynamic_ncols=True)
     for batch in loader:
-        hypotheses = predict_hypotheses(backbone, denoiser, batch, num_proposals, timesteps, flip_test,
-                                        num_train_timesteps, seed, sampler, precision).cpu()
+        hypotheses = predict_hypotheses(backbone, denoiser, batch, sampling).cpu()
         target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
         accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
         if curve_errors is not None:
@@ -167,7 +166,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, num_proposals, timesteps
     predictions = None
     if keep_predictions:
         local = {"keys": np.asarray(kept["keys"], dtype=str),
-                 "hypotheses": _concat(kept["hypotheses"], (0, num_proposals, 17, 3)),
+                 "hypotheses": _concat(kept["hypotheses"], (0, sampling.hypotheses, 17, 3)),
                  "ground_truth": _concat(kept["ground_truth"], (0, 17, 3))}
         gathered = distributed.gather_arrays(local)
         predictions = gathered if main else None
@@ -224,20 +223,16 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     paths = output_paths(cfg)
     backbone, denoiser = cfg.networks(device, trust_checkpoint)
     checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
-    e = cfg.evaluation
-    prepare_backbone(backbone, e.precision)
-    sampling_denoiser = compile_denoiser(denoiser, e.compile)
+    e, sampling = cfg.evaluation, cfg.sampling()
+    prepare_backbone(backbone, sampling.precision)
+    sampling_denoiser = compile_denoiser(denoiser, sampling.compile)
     loader = build_loader(urls, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
                           skip_bad=cfg.data.skip_bad, seed=cfg.seed)
-    log.info("evaluating %s: %d hypotheses, %d %s steps, flip test %s, %s%s",
-             weights, e.num_proposals, e.timesteps, e.sampler, "on" if e.flip_test else "off", e.precision,
-             ", compiled" if e.compile else "")
+    log.info("evaluating %s: %s", weights, sampling.describe())
     accumulator, predictions = run_evaluation(
-        backbone, sampling_denoiser, loader, cfg.dataset, e.num_proposals, e.timesteps, e.flip_test,
-        cfg.train.num_train_timesteps, cfg.seed, keep_predictions=paths.predictions is not None,
-        figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize,
-        sampler=e.sampler, precision=e.precision)
+        backbone, sampling_denoiser, loader, cfg.dataset, sampling, keep_predictions=paths.predictions is not None,
+        figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize)
     summary = accumulator.summary()
     skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,

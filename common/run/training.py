@@ -19,7 +19,6 @@ the batches already done, so a resumed run continues as if never stopped.
 """
 import logging
 import math
-import random
 import signal
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.run.evaluation import run_evaluation
 from common.data.counts import samples_per_pass
 from common.data.splits import evaluation_shards
+from common.run.feature_cache import FeatureCache
+from common.run.seeding import epoch_generator, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -49,38 +50,6 @@ BEST_METRIC = "mpjpe_mean_hypothesis"
 
 class TrainingDivergedError(RuntimeError):
     """A non-finite loss or gradient (or weights) stopped training; the checkpoints on disk are untouched."""
-
-
-def seed_everything(seed):
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state():
-    """This process's random states (Python, NumPy, torch CPU and CUDA).
-
-    Held as tensors, ints and tuples only, so that checkpoints load with
-    ``torch.load(weights_only=True)``.
-    """
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state):
-    """Restore what :func:`rng_state` returned."""
-    random.setstate(state["python"])
-    name, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextmanager
@@ -112,53 +81,6 @@ class _State:
         self.skipped_steps = 0  # non-finite steps skipped in this epoch (with grad_clip)
 
 
-class FeatureCache:
-    """A training set held in memory: per sample, the backbone features of the view it was trained on.
-
-    Filled during the first epoch from the batches the loader gives (and the
-    features the backbone computed for them anyway); later epochs draw shuffled
-    batches from it without decoding an image or running the backbone. Each
-    sample keeps the (possibly flipped) view of its first epoch. Features stay
-    on the device they were computed on.
-    """
-
-    def __init__(self):
-        self._parts = []  # one dict of tensors per cached batch
-        self.complete = False
-        self._data = None
-
-    def add(self, features, keypoints, ref, pose):
-        """Store one batch: features (4 maps (B, C_l, h_l, w_l)), keypoints (B, 1, J, 2), ref (B, J, 2), pose (B, 1, J, 3)."""
-        self._parts.append({"features": [f.detach() for f in features], "keypoints": keypoints,
-                            "ref": ref, "pose": pose})
-
-    def finish(self):
-        """Concatenate what was stored; called at the end of the filling epoch."""
-        if not self._parts:
-            raise RuntimeError("the feature cache is empty: the first epoch produced no batches")
-        parts = self._parts
-        self._data = {
-            "features": [torch.cat([p["features"][level] for p in parts]) for level in range(len(parts[0]["features"]))],
-            **{key: torch.cat([p[key] for p in parts]) for key in ("keypoints", "ref", "pose")},
-        }
-        self._parts = []
-        self.complete = True
-
-    def __len__(self):
-        return 0 if self._data is None else len(self._data["pose"])
-
-    def num_batches(self, batch_size):
-        return -(-len(self) // batch_size)
-
-    def batches(self, batch_size, generator):
-        """Yield dicts (features, keypoints, ref, pose) of ``batch_size`` samples in a random order."""
-        order = torch.randperm(len(self), generator=generator)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size].to(self._data["pose"].device)
-            yield {"features": [f[index] for f in self._data["features"]],
-                   **{key: self._data[key][index] for key in ("keypoints", "ref", "pose")}}
-
-
 def _set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -188,196 +110,262 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
             (nothing is saved, so the last good checkpoints stay).
     """
     check_config(cfg)
-    device = distributed.resolve_device(device)
-    paths = output_paths(cfg)
-    main = distributed.is_main_process()
-    rank, world = distributed.get_rank(), distributed.get_world_size()
-    seed_everything(cfg.seed + rank)
-    # Checked first, so that a -w naming a train/ folder fails before anything is loaded.
-    val_shards = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split,
-                                   "validation")[0] if cfg.train.validate_every else None
-
-    backbone, denoiser = cfg.networks(device, trust_checkpoint)
-    # Also when resuming: loading freezes the CA-PF parts, so the optimizer sees
-    # the same parameters as in the run that wrote the checkpoint.
-    if cfg.weights.pretrained_context:
-        load_context_weights(denoiser, require_weight_file(cfg.context_weights, "context"), trust_checkpoint)
-    else:
-        log.warning("context weights: none loaded (weights.pretrained_context is false); the context "
-                    "blocks start random and are trained")
-    trainable = denoiser.trainable_parameters()
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
-
-    state = _State()
-    pending_rng = None
-    if resume is not None:
-        pending_rng = _restore(resume, denoiser, optimizer, generator, state, rank, world, trust_checkpoint)
-        if state.epoch >= cfg.train.epochs:
-            log.warning("%s has finished %d epochs and -e (train.epochs) is %d: nothing to train, nothing "
-                        "written. To train further, give the total number of epochs, e.g. -e %d",
-                        resume, state.epoch, cfg.train.epochs, state.epoch + 10)
-            return paths.best if paths.best.is_file() else Path(resume)
-    lr = optimizer.param_groups[0]["lr"]
-    context_cache = None
-    if cfg.train.context_cache != "off":
-        context_cache = prepare_context_cache(cfg, backbone, denoiser, device, paths.checkpoint_dir, rank, world,
-                                              progress=main)
-    network = denoiser if context_cache is None else CachedContextDenoiser(denoiser)
-    model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
-        if distributed.is_distributed() else network
-    scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
-    loader = build_loader(cfg.data.root, cfg.dataset, train=True, batch_size=cfg.data.batch_size,
-                          num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
-                          max_samples=cfg.data.max_train_samples, skip_bad=cfg.data.skip_bad, seed=cfg.seed)
-    val_loader = None
-    if cfg.train.validate_every:
-        val_loader = build_loader(val_shards, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
-                                  num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
-                                  skip_bad=cfg.data.skip_bad, seed=cfg.seed)
-
-    cache = FeatureCache() if cfg.train.cache_features else None
-    writer = None
-    if main:
-        paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, paths.config)
-        writer = SummaryWriter(str(paths.tensorboard))
-        _log_line(paths.training_log, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                                      f"{'resumed from ' + str(resume) if resume else 'started'}; "
-                                      f"{world} process(es), device {device}, "
-                                      f"{sum(p.numel() for p in trainable)} trainable parameters")
-        log.info("training %s for %d epochs into %s", cfg.dataset, cfg.train.epochs, paths.checkpoint_dir)
-
-    def save(path, **extra):
-        rng = distributed.all_gather_objects({"rng": rng_state(), "generator": generator.get_state()})
-        if main:
-            save_checkpoint(path, denoiser, optimizer, epoch=state.epoch, lr=lr, best_mpjpe=state.best,
-                            step_in_epoch=state.step_in_epoch, global_step=state.global_step,
-                            loss_sum=state.loss_sum, rng=rng, config=config_to_dict(cfg), **extra)
-        distributed.barrier()
-        saver.saved()
-
-    saver = _TimedSaver(cfg.train.checkpoint_minutes)
+    run = TrainingRun(cfg, distributed.resolve_device(device), trust_checkpoint)
+    if resume is not None and run.restore(resume):
+        return run.paths.best if run.paths.best.is_file() else Path(resume)
+    run.open(resume)
     try:
         with sigterm_as_interrupt():
-            while state.epoch < cfg.train.epochs:
-                epoch = state.epoch
-                backbone.eval()
-                model.train()
-                cached = cache is not None and cache.complete
-                if context_cache is not None:
-                    batches = context_cache.batches(cfg.data.batch_size,
-                                                    context_cache.epoch_generator(cfg.seed, epoch, rank), device)
-                    total = len(context_cache)
-                elif cached:
-                    order = torch.Generator().manual_seed((cfg.seed * 1000 + rank) * 100003 + epoch)
-                    batches = cache.batches(cfg.data.batch_size, order)
-                    total = len(cache)
-                else:
-                    loader.set_epoch(epoch)
-                    batches = iter(loader)
-                    total = samples_per_pass(loader)  # None (a bar without total) for remote shards
-                skip = state.step_in_epoch
-                for _ in range(skip):  # the batches an interrupted run already trained on
-                    next(batches)
-                if pending_rng is not None:
-                    set_rng_state(pending_rng)
-                    pending_rng = None
-                start = time.time()
-                done = skip * cfg.data.batch_size
-                progress = tqdm(desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="sample", disable=not main,
-                                dynamic_ncols=True, initial=done if total is None else min(done, total), total=total)
-                join = model.join() if isinstance(model, DistributedDataParallel) else nullcontext()
-                with join:
-                    for batch in batches:
-                        inputs = batch if cached or context_cache is not None else _prepare(batch, backbone, device)
-                        if cache is not None and not cached:
-                            cache.add(**inputs)
-                        step_lr = lr * min(1.0, (state.global_step + 1) / cfg.train.warmup_steps) \
-                            if cfg.train.warmup_steps else lr
-                        _set_lr(optimizer, step_lr)
-                        loss = _train_step(model, inputs, scheduler, optimizer, generator, cfg.train.grad_clip)
-                        if loss is None:
-                            _skip_nonfinite_step(denoiser, state, cfg.train.grad_clip)
-                        else:
-                            state.loss_sum += loss
-                        state.step_in_epoch += 1
-                        state.global_step += 1
-                        progress.update(len(inputs["pose"]))
-                        if saver.due():
-                            save(paths.latest)
-                        if loss is None:
-                            continue
-                        # The epoch's running mean, the quantity the epoch line logs (there averaged over processes).
-                        progress.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.6f}", lr=f"{lr:.4e}")
-                        if writer is not None:
-                            writer.add_scalar("train/loss", loss, state.global_step)
-                if cache is not None and not cached:
-                    cache.finish()
-                    if main:
-                        log.info("feature cache: %d samples in memory; later epochs skip decoding and the backbone",
-                                 len(cache))
-                steps = max(state.step_in_epoch, 1)
-                epoch_loss = distributed.all_reduce_mean(state.loss_sum / steps)
-                progress.set_postfix(loss=f"{epoch_loss:.6f}", lr=f"{lr:.4e}")
-                progress.close()
-                state.epoch += 1
-                state.step_in_epoch = 0
-                state.loss_sum = 0.0
-                lr *= cfg.train.lr_decay
-                _set_lr(optimizer, lr)
-                line = (f"epoch {state.epoch:4d} | loss {epoch_loss:.6f} | next lr {lr:.4e} | "
-                        f"{time.time() - start:.1f} s")
-                skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
-                if skipped:
-                    line += f" | {skipped} bad samples skipped"
-                if state.skipped_steps:
-                    line += f" | {state.skipped_steps} non-finite steps skipped"
-                    state.skipped_steps = 0
-
-                last = state.epoch == cfg.train.epochs
-                every = cfg.train.validate_every
-                if every and (state.epoch % every == 0 or last):
-                    summary, _ = run_evaluation(
-                        backbone, denoiser, val_loader, cfg.dataset, cfg.train.val_proposals,
-                        cfg.train.val_timesteps, cfg.evaluation.flip_test, cfg.train.num_train_timesteps,
-                        cfg.seed, desc=f"validate {state.epoch}", sampler=cfg.train.val_sampler)
-                    summary = summary.summary()
-                    value = summary[BEST_METRIC]
-                    line += f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
-                    logged = ["mpjpe_mean_hypothesis", "mpjpe_best_pose_hypothesis", "p_mpjpe_mean_hypothesis"]
-                    if cfg.dataset == "mpi":  # the dataset's own metrics, on its official 14 joints
-                        line += (f", PCK {summary['pck14_mean_hypothesis']:.2f} %, "
-                                 f"AUC {summary['auc14_mean_hypothesis']:.2f} %")
-                        logged += ["pck14_mean_hypothesis", "auc14_mean_hypothesis"]
-                    if writer is not None:
-                        for name in logged:
-                            writer.add_scalar(f"val/{name}", summary[name], state.epoch)
-                    if value < state.best:
-                        state.best = value
-                        save(paths.best, val_metrics=summary)
-                        line += " | best"
-                if state.epoch % cfg.train.checkpoint_frequency == 0 or last:
-                    save(paths.latest)
-                if writer is not None:
-                    writer.add_scalar("train/epoch_loss", epoch_loss, state.epoch)
-                    writer.add_scalar("train/lr", lr, state.epoch)
-                    writer.flush()
-                if main:
-                    _log_line(paths.training_log, line)
-                    log.info(line)
+            while run.state.epoch < cfg.train.epochs:
+                epoch_loss, seconds = run.train_epoch()
+                line = run.end_epoch(epoch_loss, seconds)
+                if run.validation_due():
+                    line += run.validate()
+                run.save_epoch(line, epoch_loss)
     except KeyboardInterrupt:
-        log.warning("interrupted in epoch %d after %d batches; saving %s",
-                    state.epoch + 1, state.step_in_epoch, paths.latest)
-        save(paths.latest, interrupted=True)
-        if main:
-            _log_line(paths.training_log, f"# interrupted in epoch {state.epoch + 1} after "
-                                          f"{state.step_in_epoch} batches; saved {paths.latest}")
+        run.save_interrupted()
         raise
     finally:
-        if writer is not None:
-            writer.close()
-    return paths.best if paths.best.is_file() else paths.latest
+        run.close()
+    return run.paths.best if run.paths.best.is_file() else run.paths.latest
+
+
+class TrainingRun:
+    """The parts of one training run and its steps, in the order ``train`` calls them.
+
+    Built: the networks (context weights loaded and frozen), AdamW and the training
+    noise generator. ``restore`` loads a checkpoint; ``open`` builds the context cache,
+    the loaders and the outputs; then per epoch ``train_epoch``, ``end_epoch``,
+    ``validate`` and ``save_epoch``.
+    """
+
+    def __init__(self, cfg, device, trust_checkpoint=False):
+        self.cfg, self.device, self.trust = cfg, device, trust_checkpoint
+        self.paths = output_paths(cfg)
+        self.main = distributed.is_main_process()
+        self.rank, self.world = distributed.get_rank(), distributed.get_world_size()
+        seed_everything(cfg.seed + self.rank)
+        # Checked first, so that a -w naming a train/ folder fails before anything is loaded.
+        self.val_shards = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split,
+                                            "validation")[0] if cfg.train.validate_every else None
+        self.backbone, self.denoiser = cfg.networks(device, trust_checkpoint)
+        # Also when resuming: loading freezes the CA-PF parts, so the optimizer sees
+        # the same parameters as in the run that wrote the checkpoint.
+        if cfg.weights.pretrained_context:
+            load_context_weights(self.denoiser, require_weight_file(cfg.context_weights, "context"),
+                                 trust_checkpoint)
+        else:
+            log.warning("context weights: none loaded (weights.pretrained_context is false); the context "
+                        "blocks start random and are trained")
+        self.trainable = self.denoiser.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + self.rank)
+        self.state = _State()
+        self.pending_rng = None
+        self.writer = None
+        self.saver = _TimedSaver(cfg.train.checkpoint_minutes)
+
+    def restore(self, path):
+        """Continue from a checkpoint; True when it has already trained every epoch (nothing to do)."""
+        self.pending_rng = _restore(path, self.denoiser, self.optimizer, self.generator, self.state, self.rank,
+                                    self.world, self.trust)
+        if self.state.epoch < self.cfg.train.epochs:
+            return False
+        log.warning("%s has finished %d epochs and -e (train.epochs) is %d: nothing to train, nothing "
+                    "written. To train further, give the total number of epochs, e.g. -e %d",
+                    path, self.state.epoch, self.cfg.train.epochs, self.state.epoch + 10)
+        return True
+
+    def open(self, resume=None):
+        """Build the context cache, the training model, the loaders and the outputs (main process)."""
+        cfg, data = self.cfg, self.cfg.data
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.context_cache = None
+        if cfg.train.context_cache != "off":
+            self.context_cache = prepare_context_cache(cfg, self.backbone, self.denoiser, self.device,
+                                                       self.paths.checkpoint_dir, self.rank, self.world,
+                                                       progress=self.main)
+        network = self.denoiser if self.context_cache is None else CachedContextDenoiser(self.denoiser)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = DistributedDataParallel(network, device_ids=device_ids) \
+            if distributed.is_distributed() else network
+        self.scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
+        self.loader = build_loader(data.root, cfg.dataset, train=True, batch_size=data.batch_size,
+                                   num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
+                                   max_samples=data.max_train_samples, skip_bad=data.skip_bad, seed=cfg.seed)
+        self.val_loader = None
+        if cfg.train.validate_every:
+            self.val_loader = build_loader(self.val_shards, cfg.dataset, train=False,
+                                           batch_size=data.eval_batch_size, num_workers=data.num_workers,
+                                           max_samples=data.max_eval_samples, skip_bad=data.skip_bad,
+                                           seed=cfg.seed)
+        self.cache = FeatureCache() if cfg.train.cache_features else None
+        if self.main:
+            self._open_outputs(resume)
+
+    def _open_outputs(self, resume):
+        paths = self.paths
+        paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, paths.config)
+        self.writer = SummaryWriter(str(paths.tensorboard))
+        _log_line(paths.training_log, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                                      f"{'resumed from ' + str(resume) if resume else 'started'}; "
+                                      f"{self.world} process(es), device {self.device}, "
+                                      f"{sum(p.numel() for p in self.trainable)} trainable parameters")
+        log.info("training %s for %d epochs into %s", self.cfg.dataset, self.cfg.train.epochs, paths.checkpoint_dir)
+
+    def _from_memory(self):
+        """Whether this epoch's batches come from memory (a context cache or a filled feature cache)."""
+        return self.context_cache is not None or (self.cache is not None and self.cache.complete)
+
+    def _epoch_batches(self, epoch):
+        """(iterator of this epoch's batches, number of samples or None)."""
+        batch_size = self.cfg.data.batch_size
+        order = epoch_generator(self.cfg.seed, epoch, self.rank)
+        if self.context_cache is not None:
+            return self.context_cache.batches(batch_size, order, self.device), len(self.context_cache)
+        if self.cache is not None and self.cache.complete:
+            return self.cache.batches(batch_size, order), len(self.cache)
+        self.loader.set_epoch(epoch)
+        return iter(self.loader), samples_per_pass(self.loader)  # None (a bar without total) for remote shards
+
+    def _progress(self, epoch, total):
+        done = self.state.step_in_epoch * self.cfg.data.batch_size
+        return tqdm(desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="sample", disable=not self.main,
+                    dynamic_ncols=True, initial=done if total is None else min(done, total), total=total)
+
+    def train_epoch(self):
+        """Train one epoch (the rest of it, when resumed mid-epoch); returns (mean loss over processes, seconds)."""
+        epoch = self.state.epoch
+        self.backbone.eval()
+        self.model.train()
+        from_memory = self._from_memory()
+        batches, total = self._epoch_batches(epoch)
+        for _ in range(self.state.step_in_epoch):  # the batches an interrupted run already trained on
+            next(batches)
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+        start = time.time()
+        progress = self._progress(epoch, total)
+        join = self.model.join() if isinstance(self.model, DistributedDataParallel) else nullcontext()
+        with join:
+            for batch in batches:
+                inputs = batch if from_memory else _prepare(batch, self.backbone, self.device)
+                if self.cache is not None and not from_memory:
+                    self.cache.add(**inputs)
+                self._step(inputs, progress)
+        if self.cache is not None and not from_memory:
+            self.cache.finish()
+            if self.main:
+                log.info("feature cache: %d samples in memory; later epochs skip decoding and the backbone",
+                         len(self.cache))
+        epoch_loss = distributed.all_reduce_mean(self.state.loss_sum / max(self.state.step_in_epoch, 1))
+        progress.set_postfix(loss=f"{epoch_loss:.6f}", lr=f"{self.lr:.4e}")
+        progress.close()
+        return epoch_loss, time.time() - start
+
+    def _step(self, inputs, progress):
+        """One batch: warm-up learning rate, the optimisation step, counters, timed save, progress and logs."""
+        state, train = self.state, self.cfg.train
+        step_lr = self.lr * min(1.0, (state.global_step + 1) / train.warmup_steps) if train.warmup_steps else self.lr
+        _set_lr(self.optimizer, step_lr)
+        loss = _train_step(self.model, inputs, self.scheduler, self.optimizer, self.generator, train.grad_clip)
+        if loss is None:
+            _skip_nonfinite_step(self.denoiser, state, train.grad_clip)
+        else:
+            state.loss_sum += loss
+        state.step_in_epoch += 1
+        state.global_step += 1
+        progress.update(len(inputs["pose"]))
+        if self.saver.due():
+            self.save(self.paths.latest)
+        if loss is None:
+            return
+        # The epoch's running mean, the quantity the epoch line logs (there averaged over processes).
+        progress.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.6f}", lr=f"{self.lr:.4e}")
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, state.global_step)
+
+    def end_epoch(self, epoch_loss, seconds):
+        """Count the epoch, decay the learning rate; returns the start of the epoch's log line."""
+        state = self.state
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.loss_sum = 0.0
+        self.lr *= self.cfg.train.lr_decay
+        _set_lr(self.optimizer, self.lr)
+        line = f"epoch {state.epoch:4d} | loss {epoch_loss:.6f} | next lr {self.lr:.4e} | {seconds:.1f} s"
+        skipped = sum(distributed.all_gather_objects(len(self.loader.skipped)))
+        if skipped:
+            line += f" | {skipped} bad samples skipped"
+        if state.skipped_steps:
+            line += f" | {state.skipped_steps} non-finite steps skipped"
+            state.skipped_steps = 0
+        return line
+
+    def validation_due(self):
+        every = self.cfg.train.validate_every
+        return bool(every) and (self.state.epoch % every == 0 or self.state.epoch == self.cfg.train.epochs)
+
+    def validate(self):
+        """Evaluate on the validation split, save ``best_<dataset>.bin`` if better; returns the log line's part."""
+        cfg, state = self.cfg, self.state
+        summary, _ = run_evaluation(self.backbone, self.denoiser, self.val_loader, cfg.dataset,
+                                    cfg.validation_sampling(), desc=f"validate {state.epoch}")
+        summary = summary.summary()
+        value = summary[BEST_METRIC]
+        line = f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
+        logged = ["mpjpe_mean_hypothesis", "mpjpe_best_pose_hypothesis", "p_mpjpe_mean_hypothesis"]
+        if cfg.dataset == "mpi":  # the dataset's own metrics, on its official 14 joints
+            line += f", PCK {summary['pck14_mean_hypothesis']:.2f} %, AUC {summary['auc14_mean_hypothesis']:.2f} %"
+            logged += ["pck14_mean_hypothesis", "auc14_mean_hypothesis"]
+        if self.writer is not None:
+            for name in logged:
+                self.writer.add_scalar(f"val/{name}", summary[name], state.epoch)
+        if value < state.best:
+            state.best = value
+            self.save(self.paths.best, val_metrics=summary)
+            line += " | best"
+        return line
+
+    def save_epoch(self, line, epoch_loss):
+        """Write ``latest_epoch.bin`` when due, the epoch's scalars and its log line."""
+        epoch = self.state.epoch
+        if epoch % self.cfg.train.checkpoint_frequency == 0 or epoch == self.cfg.train.epochs:
+            self.save(self.paths.latest)
+        if self.writer is not None:
+            self.writer.add_scalar("train/epoch_loss", epoch_loss, epoch)
+            self.writer.add_scalar("train/lr", self.lr, epoch)
+            self.writer.flush()
+        if self.main:
+            _log_line(self.paths.training_log, line)
+            log.info(line)
+
+    def save(self, path, **extra):
+        """Write a checkpoint with everything resuming needs (every process takes part)."""
+        state = self.state
+        rng = distributed.all_gather_objects({"rng": rng_state(), "generator": self.generator.get_state()})
+        if self.main:
+            save_checkpoint(path, self.denoiser, self.optimizer, epoch=state.epoch, lr=self.lr,
+                            best_mpjpe=state.best, step_in_epoch=state.step_in_epoch,
+                            global_step=state.global_step, loss_sum=state.loss_sum, rng=rng,
+                            config=config_to_dict(self.cfg), **extra)
+        distributed.barrier()
+        self.saver.saved()
+
+    def save_interrupted(self):
+        state, latest = self.state, self.paths.latest
+        log.warning("interrupted in epoch %d after %d batches; saving %s", state.epoch + 1, state.step_in_epoch,
+                    latest)
+        self.save(latest, interrupted=True)
+        if self.main:
+            _log_line(self.paths.training_log, f"# interrupted in epoch {state.epoch + 1} after "
+                                               f"{state.step_in_epoch} batches; saved {latest}")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _prepare(batch, backbone, device):

@@ -172,6 +172,19 @@ def family_angle_spec(family, rng):
     """
     spec = dict(_NEUTRAL)
     side, other = ("l", "r") if rng.random() < 0.5 else ("r", "l")
+    if family in _LOWERED_FAMILIES:
+        _lowered_family(family, spec, side, other, rng)
+    else:
+        _upright_family(family, spec, side, other, rng)
+    return spec
+
+
+# Families whose hips and knees bend well away from standing.
+_LOWERED_FAMILIES = ("sitting", "eating", "crouching", "bending", "lunging")
+
+
+def _upright_family(family, spec, side, other, rng):
+    """``family_angle_spec`` for the families that stand or walk; fills ``spec`` in place."""
     if family == "standing":
         spec["spine_twist"] = (0.0, 6.0)
         spec["neck_yaw"] = (0.0, 20.0)
@@ -213,7 +226,13 @@ def family_angle_spec(family, rng):
             spec[f"{s}_sh_flex"] = (-0.7 * stride * swing, 4.0)
             spec[f"{s}_elbow"] = (20.0 + 15.0 * max(0.0, -swing), 5.0)
         spec["spine_flex"] = (6.0, 3.0)
-    elif family in ("sitting", "eating"):
+    else:
+        raise ValueError(f"unknown action family {family!r}; valid: {list(ACTION_FAMILIES)}")
+
+
+def _lowered_family(family, spec, side, other, rng):
+    """``family_angle_spec`` for the families in ``_LOWERED_FAMILIES``; fills ``spec`` in place."""
+    if family in ("sitting", "eating"):
         _both(spec, "hip_flex", (88.0, 8.0))
         _both(spec, "knee", (90.0, 12.0))
         _both(spec, "hip_abd", (10.0, 6.0))
@@ -249,9 +268,6 @@ def family_angle_spec(family, rng):
         spec["spine_flex"] = (rng.uniform(0, 25), 5.0)
         _both(spec, "sh_abd", (rng.uniform(10, 80), 10.0))
         _both(spec, "elbow", (rng.uniform(0, 60), 10.0))
-    else:
-        raise ValueError(f"unknown action family {family!r}; valid: {list(ACTION_FAMILIES)}")
-    return spec
 
 
 ACTION_FAMILIES = (

@@ -291,6 +291,28 @@ def _detect(rng, keypoints_crop, noise):
     return detected
 
 
+def _pyd_fields(dataset, joints, keypoints, keypoints_crop, detected, detected_crop, center, scale, camera,
+                width, height):
+    """The sample's ``pyd`` dict in the released layout of ``dataset`` (``docs/formats.md``, Shards)."""
+    f32 = np.float32
+    if dataset == "h36m":
+        return {
+            "joints_3d": joints.astype(f32),
+            "joints_2d_cpn": normalize_screen_coordinates(detected, width, height).astype(f32),
+            "joints_2d_cpn_crop": detected_crop.astype(f32),
+            "center": center.astype(f32), "scale": scale.astype(f32),
+            "camera_id": camera - 1,
+            "joints_2d_gt": normalize_screen_coordinates(keypoints, width, height).astype(f32),
+            "joints_2d_gt_crop": keypoints_crop.astype(f32),
+        }
+    return {
+        "joints_3d": (joints * 1000).astype(f32),
+        "joints_2d": normalize_screen_coordinates(detected, width, height).astype(f32),
+        "joints_2d_crop": detected_crop.astype(f32),
+        "joints_2d_gt_crop": keypoints_crop.astype(f32),
+    }
+
+
 def make_sample(dataset, split, index, seed=0, noise=NoiseOptions()):
     """Generate sample ``index`` of a split; deterministic in (dataset, split, index, seed, noise).
 
@@ -353,24 +375,8 @@ def make_sample(dataset, split, index, seed=0, noise=NoiseOptions()):
         image[y0:y1, x0:x1] = pixels
         mask[y0:y1, x0:x1] = np.isfinite(depth)
 
-    f32 = np.float32
-    if dataset == "h36m":
-        fields = {
-            "joints_3d": joints.astype(f32),
-            "joints_2d_cpn": normalize_screen_coordinates(detected, width, height).astype(f32),
-            "joints_2d_cpn_crop": detected_crop.astype(f32),
-            "center": center.astype(f32), "scale": scale.astype(f32),
-            "camera_id": identity["camera"] - 1,
-            "joints_2d_gt": normalize_screen_coordinates(keypoints, width, height).astype(f32),
-            "joints_2d_gt_crop": keypoints_crop.astype(f32),
-        }
-    else:
-        fields = {
-            "joints_3d": (joints * 1000).astype(f32),
-            "joints_2d": normalize_screen_coordinates(detected, width, height).astype(f32),
-            "joints_2d_crop": detected_crop.astype(f32),
-            "joints_2d_gt_crop": keypoints_crop.astype(f32),
-        }
+    fields = _pyd_fields(dataset, joints, keypoints, keypoints_crop, detected, detected_crop, center, scale,
+                         identity["camera"], width, height)
     return SyntheticSample(key=identity["key"], image=image, mask=mask, fields=fields, family=identity["family"])
 
 

@@ -21,6 +21,7 @@ from common.infer.inputs import InputError, read_image
 from common.infer.keypoints import COCO_COPIED, COCO_USED, coco_to_h36m
 from common.model.networks import build_model
 from common.synthetic.world import encode_sample, make_sample
+from common.model.samplers import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SAMPLES = (0, 5)
@@ -98,7 +99,7 @@ def test_result_mean_and_spread_follow_the_hypotheses(trained, synthetic):
     _, samples, images = synthetic
     model = infer.load_model(weights, device="cpu")
     result = infer.lift(images[1], keypoints=_pixels(samples[1]),
-                        keypoint_format="h36m", model=model, num_proposals=6)
+                        keypoint_format="h36m", model=model, sampling=model.config.sampling().replace(hypotheses=6))
     assert result.hypotheses.shape == (6, 17, 3)
     np.testing.assert_allclose(result.mean, result.hypotheses.mean(axis=0), atol=1e-7)
     assert (result.hypotheses[:, 0] == 0).all()
@@ -244,7 +245,7 @@ def test_heatmap_keypoints_map_back_to_image_pixels(trained, synthetic, monkeypa
     monkeypatch.setattr(model.backbone, "heatmaps", lambda features: maps.expand(len(features[0]), -1, -1, -1),
                         raising=False)
     image = read_image(synthetic[2][0])
-    result = infer.lift(image, bbox=(300, 200, 300, 400), model=model, num_proposals=2)
+    result = infer.lift(image, bbox=(300, 200, 300, 400), model=model, sampling=model.config.sampling().replace(hypotheses=2))
     assert result.keypoint_source == "heatmaps"
     center, scale = infer.box_center_scale((300, 200, 300, 400), 1000, 1002)
     box = scale * 200
@@ -303,17 +304,18 @@ def test_sampler_and_precision_options_reach_the_sampling(trained, synthetic):
     model = infer.load_model(weights, device="cpu")
     people = [infer.prepare_person(read_image(images[0]), *_shard_form(samples[0]), key=samples[0].key)]
     paper = infer.lift_people(model, people)[0].hypotheses
-    trailing = infer.lift_people(model, people, sampler="ddim-trailing")[0].hypotheses
+    trailing = infer.lift_people(model, people, model.config.sampling().replace(sampler="ddim-trailing"))[0].hypotheses
     assert not np.allclose(trailing, paper, atol=1e-4)  # the option changes the sampling...
     batch = {name: torch.stack([value]) for name, value in infer.flip_test_views(
         people[0].crop, torch.from_numpy(people[0].keypoints[0]), torch.from_numpy(people[0].keypoints[1])).items()}
     batch["key"] = [people[0].key]
     cfg = model.config
-    expected = infer.predict_hypotheses(model.backbone, model.denoiser, batch, cfg.evaluation.num_proposals,
-                                        cfg.evaluation.timesteps, cfg.evaluation.flip_test,
-                                        cfg.train.num_train_timesteps, cfg.seed, "ddim-trailing")
+    by_hand = SamplingConfig(sampler="ddim-trailing", steps=cfg.evaluation.timesteps,
+                             hypotheses=cfg.evaluation.num_proposals, flip=cfg.evaluation.flip_test, seed=cfg.seed,
+                             num_train_timesteps=cfg.train.num_train_timesteps)
+    expected = infer.predict_hypotheses(model.backbone, model.denoiser, batch, by_hand)
     np.testing.assert_array_equal(trailing, expected[0].numpy())  # ...exactly as evaluation's sampler does
-    bf16 = infer.lift_people(model, people, precision="bf16")[0].hypotheses
+    bf16 = infer.lift_people(model, people, model.config.sampling().replace(precision="bf16"))[0].hypotheses
     assert np.abs(bf16 - paper).max() < 0.05  # autocast: close to fp32, in metres
     parser = infer.build_parser()
     args = parser.parse_args(["x.jpg", "--checkpoint", "c.bin", "--sampler", "dpm++", "--precision", "bf16"])
@@ -349,10 +351,10 @@ def test_rotated_and_upright_pictures_give_the_same_hypotheses(trained, syntheti
     box = (300, 200, 300, 400)
     joints = np.random.default_rng(0).uniform([320, 220], [580, 580], (17, 2))  # upright pixels, COCO order
     expected = infer.lift(_store_rotated(upright, 1, tmp_path / "upright.png"), bbox=box, keypoints=joints,
-                          model=model, key="person", num_proposals=2).hypotheses
+                          model=model, key="person", sampling=model.config.sampling().replace(hypotheses=2)).hypotheses
     for orientation in range(2, 9):
         path = _store_rotated(upright, orientation, tmp_path / f"rotated{orientation}.png")
-        got = infer.lift(path, bbox=box, keypoints=joints, model=model, key="person", num_proposals=2).hypotheses
+        got = infer.lift(path, bbox=box, keypoints=joints, model=model, key="person", sampling=model.config.sampling().replace(hypotheses=2)).hypotheses
         np.testing.assert_array_equal(got, expected, err_msg=f"EXIF orientation {orientation}")
 
 

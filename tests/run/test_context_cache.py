@@ -7,6 +7,7 @@ from model_fixtures import assert_same_weights, fail_at_train_step, single_threa
 
 import common.run.context_cache as context_cache
 import common.run.training as training
+from common.run.seeding import epoch_generator
 from common.model.checkpoints import CONTEXT_PREFIXES, load_context_weights, read_checkpoint
 from common.run.cli import build_parser, overrides_from_args
 from common.run.config import ConfigError, output_paths
@@ -99,14 +100,14 @@ def test_stochastic_depth_of_the_context_blocks_is_what_the_cache_leaves_out(cac
 def test_epoch_plan_is_a_function_of_seed_rank_and_epoch():
     cache = context_cache.ContextCache(torch.zeros(50, 2, 5, 17, 8), torch.zeros(50, 2, 1, 17, 3),
                                        [str(i) for i in range(50)])
-    order, view = cache.plan(cache.epoch_generator(seed=1, epoch=3))
-    again_order, again_view = cache.plan(cache.epoch_generator(seed=1, epoch=3))
+    order, view = cache.plan(epoch_generator(seed=1, epoch=3))
+    again_order, again_view = cache.plan(epoch_generator(seed=1, epoch=3))
     assert torch.equal(order, again_order) and torch.equal(view, again_view)
     assert sorted(order.tolist()) == list(range(50))
     assert set(view.tolist()) == {0, 1}
-    next_order, next_view = cache.plan(cache.epoch_generator(seed=1, epoch=4))
+    next_order, next_view = cache.plan(epoch_generator(seed=1, epoch=4))
     assert not torch.equal(order, next_order) and not torch.equal(view, next_view)
-    other_rank, _ = cache.plan(cache.epoch_generator(seed=1, epoch=3, rank=1))
+    other_rank, _ = cache.plan(epoch_generator(seed=1, epoch=3, rank=1))
     assert not torch.equal(order, other_rank)
 
 
@@ -117,7 +118,7 @@ def test_batches_pair_each_context_with_the_target_of_its_view():
     pose = torch.stack([ids, ids + 100], dim=1).view(N, 2, 1, 1, 1).expand(N, 2, 1, 17, 3)
     cache = context_cache.ContextCache(context.to(torch.bfloat16), pose, [str(i) for i in range(N)])
     seen = []
-    for batch in cache.batches(3, cache.epoch_generator(0, 0)):
+    for batch in cache.batches(3, epoch_generator(0, 0)):
         assert batch["context"].dtype == torch.float32 and batch["context"].shape[1:] == (5, 17, 4)
         torch.testing.assert_close(batch["context"][:, 0, 0, 0], batch["pose"][:, 0, 0, 0])
         seen += [int(v) % 100 for v in batch["pose"][:, 0, 0, 0]]

@@ -26,7 +26,7 @@ def test_single_process_helpers_pass_values_through(monkeypatch):
     arrays = {"x": np.arange(3), "keys": ["a", "b", "c"]}
     gathered = distributed.gather_arrays(arrays)
     assert np.array_equal(gathered["x"], arrays["x"]) and gathered["keys"] == arrays["keys"]
-    assert distributed.all_reduce_mean(2.5) == 2.5 and distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.all_reduce_mean(2.5) == 2.5
 
 
 def test_launcher_environment_without_rendezvous_is_explained(monkeypatch):

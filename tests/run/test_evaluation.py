@@ -16,6 +16,10 @@ from common.run.config import output_paths
 from common.data.loader import build_loader
 from common.run.evaluation import evaluate, predict_hypotheses
 from common.model.networks import build_model
+from common.model.samplers import SamplingConfig
+
+# Two hypotheses, two DDIM steps, flip test on.
+TWO_BY_TWO = SamplingConfig(steps=2, hypotheses=2)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -88,8 +92,8 @@ def test_hypotheses_do_not_depend_on_batch_size(tiny_config, weights, tmp_path):
     backbone, denoiser = cfg.networks(CPU)
     denoiser.load_state_dict(torch.load(weights)["model_pos"])
     denoiser.eval()
-    whole = predict_hypotheses(backbone, denoiser, _test_batch(cfg, 3)[0], 2, 2)
-    pieces = torch.cat([predict_hypotheses(backbone, denoiser, b, 2, 2) for b in _test_batch(cfg, 1)])
+    whole = predict_hypotheses(backbone, denoiser, _test_batch(cfg, 3)[0], TWO_BY_TWO)
+    pieces = torch.cat([predict_hypotheses(backbone, denoiser, b, TWO_BY_TWO) for b in _test_batch(cfg, 1)])
     torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-5)
 
 
@@ -99,11 +103,11 @@ def test_flip_test_averages_the_unflipped_mirror_view(tiny_config, weights, tmp_
     denoiser.load_state_dict(torch.load(weights)["model_pos"])
     denoiser.eval()
     batch = _test_batch(cfg, 3)[0]
-    both = predict_hypotheses(backbone, denoiser, batch, 2, 2, flip_test=True)
-    original = predict_hypotheses(backbone, denoiser, batch, 2, 2, flip_test=False)
+    both = predict_hypotheses(backbone, denoiser, batch, TWO_BY_TWO)
+    original = predict_hypotheses(backbone, denoiser, batch, TWO_BY_TWO.replace(flip=False))
     # Feeding the mirror view as view 0 gives the mirrored prediction of that view.
     swapped = dict(batch, **{k: batch[k].flip(1) for k in ("image", "keypoints_2d", "keypoints_2d_crop", "ref")})
-    mirror = predict_hypotheses(backbone, denoiser, swapped, 2, 2, flip_test=False)
+    mirror = predict_hypotheses(backbone, denoiser, swapped, TWO_BY_TWO.replace(flip=False))
     expected = (original + torch.from_numpy(mirror_points(mirror)).float()) / 2
     torch.testing.assert_close(both, expected, rtol=1e-4, atol=1e-5)
     assert torch.all(both[..., 0, :] == 0)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 import main_diffusers_h36m
 from common.run import distributed
-from common.run import training
+from common.run import seeding, training
 from common.model.checkpoints import read_checkpoint
 from common.run.config import save_config
 
@@ -32,11 +32,11 @@ def _last_cuda_device():
 
 
 def test_cuda_random_state_is_saved_and_restored():
-    state = training.rng_state()
+    state = seeding.rng_state()
     assert len(state["cuda"]) == torch.cuda.device_count()
     drawn = torch.randn(8, device="cuda")
     torch.randn(8, device="cuda")  # move on
-    training.set_rng_state(state)
+    seeding.set_rng_state(state)
     assert torch.equal(torch.randn(8, device="cuda"), drawn)
 
 
