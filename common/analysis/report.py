@@ -12,6 +12,7 @@ spread and error, and the nearest-k% table (``common.analysis.reliability``). Wr
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from matplotlib.figure import Figure
 
 from common.data.samples import H36M_KEY, parse_key
 from common.analysis.reliability import ReliabilityAccumulator, nearest_table
+from common.core.files import write_text
+from common.core.skeleton import NUM_JOINTS
 
 REQUIRED = {"keys": 1, "hypotheses": 4, "ground_truth": 3}
 
@@ -30,20 +33,47 @@ def load_predictions(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} not found: evaluate with --save-predictions FILE.npz (or -s)")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = sorted(set(REQUIRED) - set(npz.files))
-        if missing:
-            raise ValueError(f"{path} lacks {missing}: expected the npz evaluation writes (keys, hypotheses, "
-                             f"ground_truth); found {sorted(npz.files)}")
-        arrays = {name: npz[name] for name in REQUIRED}
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):
+            raise ValueError("a single .npy array, not an npz archive")
+        with loaded as npz:
+            missing = sorted(set(REQUIRED) - set(npz.files))
+            if missing:
+                raise ValueError(f"{path} lacks {missing}: expected the npz evaluation writes (keys, hypotheses, "
+                                 f"ground_truth); found {sorted(npz.files)}")
+            arrays = {name: npz[name] for name in REQUIRED}
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        if "lacks" in str(error):
+            raise
+        raise ValueError(f"cannot read {path} as evaluation predictions ({type(error).__name__}: {error}); "
+                         f"expected the npz evaluation writes with --save-predictions (plain arrays, no pickled "
+                         f"objects: such files are refused, never unpickled)") from error
     for name, ndim in REQUIRED.items():
         if arrays[name].ndim != ndim:
             raise ValueError(f"{path}: '{name}' has shape {arrays[name].shape}, expected {ndim} dimensions")
+    _check_values(path, arrays)
     n = len(arrays["keys"])
     if len(arrays["hypotheses"]) != n or arrays["ground_truth"].shape != (n,) + arrays["hypotheses"].shape[2:]:
         raise ValueError(f"{path}: keys {arrays['keys'].shape}, hypotheses {arrays['hypotheses'].shape} and "
                          f"ground_truth {arrays['ground_truth'].shape} do not match")
     return arrays
+
+
+def _check_values(path, arrays):
+    """ValueError for predictions that would score silently wrong: no samples, not floats, NaN or inf."""
+    if len(arrays["keys"]) == 0 or arrays["hypotheses"].shape[1] == 0:
+        raise ValueError(f"{path} holds no samples or no hypotheses: nothing to analyse")
+    for name in ("hypotheses", "ground_truth"):
+        array = arrays[name]
+        if not np.issubdtype(array.dtype, np.floating) or array.shape[-2:] != (NUM_JOINTS, 3):
+            raise ValueError(f"{path}: '{name}' must be floats (..., {NUM_JOINTS}, 3) in metres, got "
+                             f"{array.dtype} {array.shape}")
+        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{path}: '{name}' holds NaN or infinite values in {bad.size} samples (first "
+                             f"keys {[str(k) for k in arrays['keys'][bad[:3]]]}): the metrics would be NaN; "
+                             f"re-run the evaluation that wrote it")
 
 
 def guess_dataset(keys):
@@ -139,8 +169,7 @@ def main(argv=None):
              plot_spread_error(out / "spread_vs_error.png", 1000 * arrays[ReliabilityAccumulator.SPREAD],
                                1000 * arrays["mpjpe_mean_hypothesis"])]
     summary["nearest_mean"] = [{"percent": k, "mpjpe_mm": a, "p_mpjpe_mm": b} for k, a, b in rows]
-    (out / "analysis.json").write_text(json.dumps({"predictions": str(args.predictions), "metrics": summary},
-                                                  indent=2))
+    write_text(out / "analysis.json", json.dumps({"predictions": str(args.predictions), "metrics": summary}, indent=2))
     print()
     print(f"analysis: {out / 'analysis.json'}")
     print(f"plots:    {', '.join(str(p) for p in plots)}")

@@ -8,6 +8,7 @@ the file and saying the previous file was kept.
 """
 import contextlib
 import errno
+import glob
 import os
 from pathlib import Path
 
@@ -17,8 +18,12 @@ class DiskFullError(OSError):
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="wb"):
+def atomic_write(path, mode="wb", temporary=None):
     """Yield an open stream (``mode`` "wb" or "w") whose content replaces ``path`` only when the block ends.
+
+    ``temporary``: where the data goes first (default ``.<name>.tmp-<pid>`` beside
+    ``path``; it must be on the same file system), for writers whose resume step
+    looks for their own leftovers.
 
     Raises:
         DiskFullError: the write hit ENOSPC (or EDQUOT); nothing was replaced.
@@ -27,7 +32,7 @@ def atomic_write(path, mode="wb"):
         raise ValueError(f"atomic_write writes whole files: mode 'wb' or 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}") if temporary is None else Path(temporary)
     try:
         with open(temporary, mode) as stream:
             yield stream
@@ -49,3 +54,25 @@ def write_text(path, text):
     with atomic_write(path, "w") as stream:
         stream.write(text)
     return Path(path)
+
+
+def remove_orphaned_temporaries(path):
+    """Delete ``atomic_write``'s default temporaries of ``path`` left by killed writers (kill -9, power cut).
+
+    Only those whose process is gone; a writer still running keeps its temporary.
+    """
+    path = Path(path)
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = orphan.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

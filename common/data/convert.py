@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from common.core import safe_pickle
 from common.data.loader import find_shards
+from common.core.files import DiskFullError, write_text
 from common.data.samples import PARTIAL_SUFFIX, ShardDataError, decode_sample, shard_writer
 from common.core.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
 
@@ -295,10 +296,7 @@ def _fingerprint(options, shards, labels):
 
 
 def _write_json(path, payload):
-    temporary = path + PARTIAL_SUFFIX
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=1)
-    os.replace(temporary, path)
+    write_text(path, json.dumps(payload, indent=1))
 
 
 def _resume_state(out, fingerprint, num_shards):
@@ -559,9 +557,13 @@ def main(argv=None):
         report = convert_h36m(args.labels, args.images, args.out, split=args.split, subjects=args.subjects,
                               shuffle=args.shuffle, seed=args.seed, shard_size=args.shard_size,
                               shard_bytes=args.shard_bytes, workers=args.workers, strict=args.strict)
-    except ConversionError as exn:
+    except (ConversionError, DiskFullError) as exn:
         print(f"error: {exn}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished shards in {args.out} are kept (no shard is left in part); run the same "
+              f"command again to resume", file=sys.stderr)
+        return 130
     summary = report["summary"]
     print(f"{summary['frames_written']} frames written in {summary['shards']} shards "
           f"({summary['bytes'] / 1e9:.2f} GB), {summary['frames_skipped']} skipped {summary['skipped_by_reason']}")

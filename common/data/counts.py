@@ -144,15 +144,16 @@ def count_samples(urls):
     return [known[url] for url in urls]
 
 
-def process_share(shard_counts, rank=0, world_size=1, num_workers=0, max_samples=None):
+def process_share(shard_counts, rank=0, world_size=1, num_workers=0, max_samples=None, first=None):
     """Samples one process reads in one pass of ``common.data.loader.ShardLoader``.
 
     ``shard_counts`` are in the order of the pass (``ShardLoader.shard_order``);
     the division of work is the loader's own (``ShardPlan``), and ``max_samples``
-    over all processes gives each process its share (``sample_quota``).
+    over all processes gives each process its share (``sample_quota``), unless
+    the pass reads its ``first`` N samples only (``ShardLoader.first_samples``).
     """
-    share = ShardPlan(len(shard_counts), rank, world_size).process_share(shard_counts, num_workers)
-    quota = sample_quota(max_samples, rank, world_size)
+    share = ShardPlan(len(shard_counts), rank, world_size, first).process_share(shard_counts, num_workers)
+    quota = None if first is not None else sample_quota(max_samples, rank, world_size)
     return share if quota is None else min(share, quota)
 
 
@@ -168,4 +169,5 @@ def samples_per_pass(loader):
     counts = count_samples(urls)
     if counts is None:
         return None
-    return process_share(counts, loader.rank, loader.world_size, loader.num_workers, loader.max_samples)
+    return process_share(counts, loader.rank, loader.world_size, loader.num_workers, loader.max_samples,
+                         loader.first_samples())

@@ -113,10 +113,15 @@ class ShardPlan:
     consumer-count-th shard; with fewer (MPI's test split is one shard), every
     consumer reads all shards and keeps every consumer-count-th sample. Either way
     each sample goes to exactly one consumer.
+
+    ``first`` = N (evaluation with ``max_samples``): only the pass's first N
+    samples are read, divided by sample (consumer c keeps samples c, c + count,
+    ... below N), so the same N samples are scored whatever the number of
+    processes and workers.
     """
 
-    def __init__(self, num_shards, rank=0, world_size=1):
-        self.num_shards, self.rank, self.world_size = num_shards, rank, world_size
+    def __init__(self, num_shards, rank=0, world_size=1, first=None):
+        self.num_shards, self.rank, self.world_size, self.first = num_shards, rank, world_size, first
 
     def consumer(self, worker=None, num_workers=None):
         """(index, count) of a consumer; by default of the DataLoader worker that calls it."""
@@ -126,14 +131,14 @@ class ShardPlan:
 
     def by_shard(self, count):
         """True when ``count`` consumers divide the shards, False when they divide the samples."""
-        return self.num_shards >= count
+        return self.num_shards >= count and self.first is None
 
     def process_share(self, shard_counts, num_workers=0):
         """Samples this process's ``max(num_workers, 1)`` consumers read, given each shard's count (pass order)."""
         assert len(shard_counts) == self.num_shards, (
             f"expected {self.num_shards} shard counts, got {len(shard_counts)}")
         workers = max(num_workers, 1)
-        total = sum(shard_counts)
+        total = sum(shard_counts) if self.first is None else min(sum(shard_counts), self.first)
         share = 0
         for worker in range(workers):
             index, count = self.consumer(worker, workers)
@@ -155,6 +160,8 @@ def _split_shards(shards, plan, skips):
 def _split_samples(samples, plan):
     index, count = plan.consumer()
     for i, sample in enumerate(samples):
+        if plan.first is not None and i >= plan.first:
+            return
         if plan.by_shard(count) or i % count == index:
             yield sample
 
@@ -271,9 +278,16 @@ class ShardLoader:
             random.Random(f"{self.seed}-{self.epoch}").shuffle(urls)
         return urls
 
+    def first_samples(self):
+        """N when a pass reads exactly its first N samples (evaluation with ``max_samples``), else None.
+
+        Training keeps each process's quota of its own shards (``sample_quota``).
+        """
+        return None if self.train else self.max_samples
+
     def pipeline(self):
         """The WebDataset pipeline of one pass (yields collated batches with a ``skipped`` list)."""
-        plan = ShardPlan(len(self.urls), self.rank, self.world_size)
+        plan = ShardPlan(len(self.urls), self.rank, self.world_size, self.first_samples())
         skips = _SkipLog(self.skip_bad)
         shuffle = self.train and self.shuffle_buffer > 1
         stages = [
@@ -302,7 +316,7 @@ class ShardLoader:
         else:
             batches = pipeline
         self.skipped, self.num_samples = [], 0
-        quota = sample_quota(self.max_samples, self.rank, self.world_size)
+        quota = None if self.first_samples() is not None else sample_quota(self.max_samples, self.rank, self.world_size)
         seen = set()
         try:
             for batch in batches:

@@ -29,6 +29,7 @@ import torch
 import webdataset as wds
 
 from common.core import safe_pickle
+from common.core.files import atomic_write
 from common.data.decode import decode_rgb
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, PIXEL_STD, crop_image
 from common.core.skeleton import (
@@ -375,17 +376,9 @@ def shard_writer(path):
     ``path`` when the block ends; on an error the partial file is removed, so a
     crash never leaves a truncated shard under the final name. Members carry no
     time stamp or owner, so the same samples always give the same bytes.
+    Written with ``common.core.files.atomic_write``.
     """
     path = os.fspath(path)
-    partial = path + PARTIAL_SUFFIX
-    try:
-        with open(partial, "wb") as stream:
-            with wds.TarWriter(stream, user="", group="", mode=0o644, encoder=False, mtime=0) as writer:
-                yield writer
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+    with atomic_write(path, temporary=path + PARTIAL_SUFFIX) as stream:  # a full disk: DiskFullError
+        with wds.TarWriter(stream, user="", group="", mode=0o644, encoder=False, mtime=0) as writer:
+            yield writer

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from common.core.files import atomic_write
 from common.analysis.figures import VIEWPOINTS, draw_pose_2d, draw_pose_3d, frame_pose_axes, upright
 from common.core.geometry import PIXEL_STD
 
@@ -69,7 +70,8 @@ def draw_lift(path, image, result, title=None):
     """Write :func:`render_lift` as a PNG file; returns its Path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    render_lift(image, result, title).savefig(path)
+    with atomic_write(path) as stream:
+        render_lift(image, result, title).savefig(stream, format="png")
     return path
 
 
@@ -86,7 +88,9 @@ def write_gif(path, frames, fps=10):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
+    with atomic_write(path) as stream:
+        images[0].save(stream, format="GIF", save_all=True, append_images=images[1:],
+                       duration=int(round(1000 / fps)), loop=0)
     return path
 
 

@@ -26,18 +26,23 @@ Keypoints are image pixels; a third value of 0 (COCO's visibility 0, a score of
 0) marks a joint that is missing.
 """
 import json
+import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 SEQUENCE_SUFFIXES = (".gif",) + VIDEO_SUFFIXES
 KEYPOINT_FORMATS = ("coco", "h36m")
 MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
+MIN_IMAGE_SIDE = 16  # smaller images cannot show a person: refused
 
 
 class InputError(ValueError):
@@ -68,18 +73,41 @@ def read_image(path):
         raise InputError(f"image {path} not found")
     try:
         with Image.open(path) as image:
-            _refuse_huge(image, path)
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            _refuse_size(image, path)
+            return to_rgb(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read image {path} ({type(error).__name__}: {error}); expected a file "
-                         f"Pillow decodes ({', '.join(IMAGE_SUFFIXES)})") from error
+        raise InputError(f"cannot read image {path} ({type(error).__name__}: {error}); expected a whole file "
+                         f"Pillow decodes ({', '.join(IMAGE_SUFFIXES)}): re-export it") from error
 
 
-def _refuse_huge(image, path):
+def to_rgb(image):
+    """(H, W, 3) uint8 RGB of a PIL image of any mode, as a viewer shows it.
+
+    16-bit gray (I;16, I) keeps its top 8 bits (Pillow's own conversion would clip
+    everything above 255 to white); transparency is composited onto white;
+    palette, gray, CMYK and the rest convert as Pillow converts them.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16).astype(np.uint32)
+        top = 0xFFFF if image.mode != "I" or wide.max(initial=0) > 0xFF else 0xFF
+        gray = (wide * 255 // top).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("LA", "PA", "La"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _refuse_size(image, path):
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(f"image {path} is {width} x {height} pixels, more than {MAX_IMAGE_PIXELS:,}: refused "
                          f"before decoding; downscale it (the model sees a 256 x 192 crop)")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"image {path} is {width} x {height} pixels: too small to hold a person (sides under "
+                         f"{MIN_IMAGE_SIDE} pixels are refused); give the original picture")
 
 
 def input_kind(path):
@@ -98,11 +126,18 @@ def input_kind(path):
                      f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(SEQUENCE_SUFFIXES)}) or a folder")
 
 
-def folder_images(path):
-    """Sorted image files of a folder; InputError when it holds none."""
-    files = sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def folder_images(path, log_skipped=False):
+    """Sorted image files of a folder; InputError when it holds none.
+
+    Entries with other extensions (and sub-folders) are left out; ``log_skipped`` warns with their count.
+    """
+    entries = list(Path(path).iterdir())
+    files = sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    others = len(entries) - len(files)
+    if others and log_skipped:
+        log.warning("folder %s: %d entries that are not images (%s) are skipped", path, others, ", ".join(IMAGE_SUFFIXES))
     return files
 
 
@@ -132,7 +167,7 @@ def video_frames(path, every=1, max_frames=None):
     """Yield (frame number, (H, W, 3) uint8 RGB) of a video, every ``every``-th frame, at most ``max_frames``."""
     path = Path(path)
     if every < 1:
-        raise ValueError(f"every must be at least 1, got {every}")
+        raise InputError(f"every must be at least 1 (lift every N-th frame), got {every}")
 
     def decoded():
         if path.suffix.lower() == ".gif":
@@ -163,8 +198,19 @@ def video_frames(path, every=1, max_frames=None):
 
 # ---------------------------------------------------------------- annotation files
 
+def _numbers(values, where, what):
+    """float64 array of ``values``; InputError naming ``where`` for strings, None in lists, NaN or inf."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{where}: {what} must be numbers, got {values!r:.80} ({error})") from error
+    if not np.isfinite(array).all():
+        raise InputError(f"{where}: {what} hold NaN, infinite or null values; fix or leave out this person")
+    return array
+
+
 def _keypoint_array(values, where):
-    array = np.asarray(values, dtype=np.float64)
+    array = _numbers(values, where, "keypoints")
     if array.ndim == 1 and array.size % 3 == 0:
         array = array.reshape(-1, 3)  # COCO's flat [x1, y1, v1, x2, ...]
     if array.ndim != 2 or array.shape[1] not in (2, 3):
@@ -174,8 +220,8 @@ def _keypoint_array(values, where):
 
 def _person(entry, where, default_format):
     if not isinstance(entry, dict):
-        if np.asarray(entry).shape == (4,):
-            return PersonSpec(bbox=[float(v) for v in entry], format=default_format)
+        if np.asarray(entry, dtype=object).shape == (4,):
+            return PersonSpec(bbox=_numbers(entry, where, "bbox").tolist(), format=default_format)
         raise InputError(f"{where}: expected a dict with 'bbox' and/or 'keypoints', or a box [x, y, w, h]; "
                          f"got {entry!r:.80}")
     keypoints = entry.get("keypoints")
@@ -187,13 +233,16 @@ def _person(entry, where, default_format):
     fmt = entry.get("format", default_format)
     if fmt not in KEYPOINT_FORMATS:
         raise InputError(f"{where}: keypoint format must be one of {KEYPOINT_FORMATS}, got {fmt!r}")
-    return PersonSpec(bbox=entry.get("bbox"), keypoints=keypoints, format=fmt)
+    bbox = entry.get("bbox")
+    if bbox is not None and not isinstance(bbox, dict):
+        bbox = _numbers(bbox, where, "bbox").reshape(-1).tolist()
+    return PersonSpec(bbox=bbox, keypoints=keypoints, format=fmt)
 
 
 def _mmpose_person(instance, where):
     bbox = instance.get("bbox")
     if bbox is not None:
-        x1, y1, x2, y2 = np.asarray(bbox, dtype=np.float64).reshape(-1)[:4]
+        x1, y1, x2, y2 = _numbers(bbox, where, "bbox").reshape(-1)[:4]
         bbox = [x1, y1, x2 - x1, y2 - y1]
     return _person({"keypoints": instance.get("keypoints"), "keypoint_scores": instance.get("keypoint_scores"),
                     "bbox": bbox}, where, "coco")
@@ -221,14 +270,44 @@ def read_annotations(path, default_format="coco"):
     if default_format not in KEYPOINT_FORMATS:
         raise ValueError(f"keypoint format must be one of {KEYPOINT_FORMATS}, got {default_format!r}")
     if path.suffix.lower() == ".npz":
-        return _read_npz(path, default_format)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"annotation file {path} is not valid JSON ({error})") from error
+        people, match = _read_npz(path, default_format)
+    else:
+        try:
+            data = json.loads(path.read_text(), object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"annotation file {path} is not valid JSON ({error})") from error
+        try:
+            people, match = _parse_annotations(data, path, default_format)
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            raise InputError(f"annotation file {path} is malformed ({type(error).__name__}: {error}); expected "
+                             f"one of the formats of docs/inference.md") from error
+    if not any(people.values()):
+        raise InputError(f"annotation file {path} holds no persons: give a file with at least one person, "
+                         f"or leave out --keypoints/--boxes")
+    return people, match
+
+
+def _unique_keys(pairs, path):
+    """A JSON object's dict; InputError when a key repeats (json would silently keep only the last)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        key = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise InputError(f"annotation file {path}: the key {key!r} appears twice (only one would be used); "
+                         f"merge its persons into one list")
+    return result
+
+
+def _parse_annotations(data, path, default_format):
+    """(people, match) of a parsed JSON annotation file; see read_annotations."""
     people = {}
     if isinstance(data, dict) and "annotations" in data and "images" in data:  # COCO annotations
         names = {image["id"]: image["file_name"] for image in data["images"]}
+        repeated = sorted(n for n, count in Counter(names.values()).items() if count > 1)
+        if repeated or len(names) != len(data["images"]):
+            raise InputError(f"{path}: image file names or ids appear twice ({', '.join(repeated) or 'ids'}); "
+                             f"each image must be listed once")
         for i, ann in enumerate(data["annotations"]):
             where = f"{path}, annotation {i}"
             if ann.get("num_keypoints", 1) == 0 or ("keypoints" in ann and not any(ann["keypoints"])):
@@ -241,6 +320,8 @@ def read_annotations(path, default_format="coco"):
         info = data["instance_info"]
         if info and isinstance(info[0], dict) and "instances" in info[0]:
             for frame in info:
+                if int(frame["frame_id"]) - 1 in people:
+                    raise InputError(f"{path}: frame_id {frame['frame_id']} appears twice; list each frame once")
                 people[int(frame["frame_id"]) - 1] = [
                     _mmpose_person(inst, f"{path}, frame_id {frame['frame_id']}") for inst in frame["instances"]]
             return people, "frame"
@@ -276,12 +357,20 @@ def _read_npz(path, default_format):
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError) as error:
-        raise InputError(f"cannot read {path} as npz ({error})") from error
+        raise InputError(f"cannot read {path} as npz ({error}); keypoint npz files must hold plain numeric "
+                         f"or string arrays (np.savez without object arrays), which load without pickle") from error
     if "keypoints" not in arrays:
         raise InputError(f"{path} has no 'keypoints' array (found {sorted(arrays)})")
     keypoints = arrays["keypoints"]
-    if keypoints.ndim != 3 or keypoints.shape[2] not in (2, 3):
-        raise InputError(f"{path}: 'keypoints' must be (N, 17, 2 or 3), got {keypoints.shape}")
+    if keypoints.ndim != 3 or keypoints.shape[2] not in (2, 3) or not np.issubdtype(keypoints.dtype, np.number):
+        raise InputError(f"{path}: 'keypoints' must be numbers (N, 17, 2 or 3), got {keypoints.dtype} {keypoints.shape}")
+    if not np.isfinite(keypoints).all():
+        bad = np.flatnonzero(~np.isfinite(keypoints).all(axis=(1, 2)))
+        raise InputError(f"{path}: 'keypoints' rows {bad[:10].tolist()} hold NaN or infinite values; fix or drop them")
+    for name in ("names", "frames"):
+        if name in arrays and arrays[name].shape != (len(keypoints),):
+            raise InputError(f"{path}: '{name}' must be ({len(keypoints)},), one per keypoint row, "
+                             f"got {arrays[name].shape}")
     fmt = str(arrays["format"]) if "format" in arrays else default_format
     if fmt not in KEYPOINT_FORMATS:
         raise InputError(f"{path}: 'format' must be one of {KEYPOINT_FORMATS}, got {fmt!r}")

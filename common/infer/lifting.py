@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
 from common.model.acceleration import PRECISIONS, prepare_backbone
 from common.model.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint
 from common.run.config import Config, ConfigError, config_from_dict, load_config
@@ -236,6 +237,16 @@ def h36m_keypoints(keypoints, fmt="coco", where="keypoints"):
     return keypoints[:, :2], None if scores is None else keypoints[:, 2].astype(np.float32)
 
 
+def _require_near_image(pixels, width, height, where):
+    """InputError when keypoints (17, 2) pixels lie more than half the image size outside it (another image's, or not pixels)."""
+    low, high = -0.5 * np.array([width, height]), 1.5 * np.array([width, height])
+    outside = ((pixels < low) | (pixels > high)).any(axis=1)
+    if outside.any():
+        raise InputError(f"{where}: {int(outside.sum())} keypoints lie far outside the {width} x {height} image "
+                         f"(e.g. {pixels[outside][0].round(1).tolist()}): they must be this image's pixels, not "
+                         f"normalized or another resolution's coordinates")
+
+
 def prepare_person(image, bbox=None, keypoints=None, keypoint_format="coco", key="image", where="image"):
     """Crop one person and put given keypoints in the shards' form.
 
@@ -248,6 +259,7 @@ def prepare_person(image, bbox=None, keypoints=None, keypoint_format="coco", key
     pixels = scores = None
     if keypoints is not None and not isinstance(keypoints, dict):
         pixels, scores = h36m_keypoints(keypoints, keypoint_format, where)
+        _require_near_image(pixels, width, height, where)
         if bbox is None:
             bbox = dict(zip(("center", "scale"), bbox_center_scale(pixels)))
     center, scale = box_center_scale(bbox, width, height)
@@ -396,7 +408,7 @@ def _frames(args, kind):
     if kind == "image":
         yield path.name, None, 0, read_image(path)
     elif kind == "folder":
-        for position, file in enumerate(folder_images(path)):
+        for position, file in enumerate(folder_images(path, log_skipped=True)):
             yield file.name, None, position, read_image(file)
     else:
         for position, (number, frame) in enumerate(video_frames(path, args.every, args.max_frames)):
@@ -436,6 +448,12 @@ def _people_of(args, annotations, boxes, name, number, position, width, height):
     return [PersonSpec(bbox=list(args.bbox) if args.bbox else None)]
 
 
+def _where(args, name, index):
+    """How messages name a person: the image, its place, and the file that gave it."""
+    given = args.keypoints or args.boxes
+    return f"{given}, {name}, person {index}" if given else f"{name}, person {index}"
+
+
 def run(args):
     """Lift every person of ``args.input``; writes JSON (and npz, figures, GIF); returns (records, files written)."""
     from common.infer.figures import FigureWriter
@@ -473,7 +491,7 @@ def run(args):
             for index, spec in enumerate(_people_of(args, annotations, boxes, name, number, position, width, height)):
                 try:
                     person = prepare_person(image, spec.bbox, spec.keypoints, spec.format,
-                                            base if index == 0 else f"{base}#{index}", f"{name}, person {index}")
+                                            base if index == 0 else f"{base}#{index}", _where(args, name, index))
                 except InputError as error:
                     if not (args.skip_incomplete and "missing" in str(error)):
                         raise
@@ -485,23 +503,35 @@ def run(args):
             if not pending:
                 bar.update(len(records) - bar.n)
         flush()
+    if not records:
+        raise InputError(f"{args.input} gave no frames (an empty video, or --max-frames 0): nothing to lift")
     return records, write_outputs(out, stem, kind, records, args) + figures.finish()
 
 
 def write_outputs(out, stem, kind, records, args):
-    """``<stem>.json`` (every image and person) and, for a folder or video, ``<stem>.npz``."""
-    document = {"input": str(args.input), "checkpoint": str(args.checkpoint), "joints": list(JOINT_NAMES),
-                "units": {"3d": "metres, root-relative, camera axes (x right, y down, z forward)",
-                          "spread_mm": "millimetres", "keypoints_2d": "image pixels"},
-                "images": [{**{k: v for k, v in r.items() if k != "persons"},
-                            "persons": [p.to_dict() for p in r["persons"]]} for r in records]}
+    """``<stem>.json`` (every image and person) and, for a folder or video, ``<stem>.npz``.
+
+    Both are written atomically (``common.core.files.atomic_write``): a full disk,
+    Ctrl-C or a kill leaves the previous file or none, never a part. The JSON is
+    written one image at a time, so its text never has to fit in memory at once.
+    """
+    header = {"input": str(args.input), "checkpoint": str(args.checkpoint), "joints": list(JOINT_NAMES),
+              "units": {"3d": "metres, root-relative, camera axes (x right, y down, z forward)",
+                        "spread_mm": "millimetres", "keypoints_2d": "image pixels"}}
     paths = [out / f"{stem}.json"]
-    paths[0].write_text(json.dumps(document))
-    if kind != "image":
-        results = [(r, p) for r in records for p in r["persons"]]
-        if results:
+    with atomic_write(paths[0], "w") as stream:
+        stream.write(json.dumps(header)[:-1] + ', "images": [')
+        for i, r in enumerate(records):
+            image = {**{k: v for k, v in r.items() if k != "persons"}, "persons": [p.to_dict() for p in r["persons"]]}
+            stream.write((", " if i else "") + json.dumps(image))
+        stream.write("]}")
+    remove_orphaned_temporaries(paths[0])
+    results = [(r, p) for r in records for p in r["persons"]]
+    if kind != "image" and results:
+        paths.append(out / f"{stem}.npz")
+        with atomic_write(paths[1]) as stream:
             np.savez_compressed(
-                out / f"{stem}.npz",
+                stream,
                 keys=np.array([p.key for _, p in results]), images=np.array([r["image"] for r, _ in results]),
                 frames=np.array([-1 if r["frame"] is None else r["frame"] for r, _ in results]),
                 hypotheses=np.stack([p.hypotheses for _, p in results]).astype(np.float32),
@@ -509,7 +539,7 @@ def write_outputs(out, stem, kind, records, args):
                 spread_mm=np.stack([p.spread_mm for _, p in results]),
                 keypoints_2d=np.stack([p.keypoints_2d for _, p in results]),
                 center=np.stack([p.center for _, p in results]), scale=np.stack([p.scale for _, p in results]))
-            paths.append(out / f"{stem}.npz")
+        remove_orphaned_temporaries(paths[1])
     return paths
 
 
@@ -521,9 +551,12 @@ def main(argv=None):
         parser.error("--batch-size and --every must be at least 1")
     try:
         records, written = run(args)
-    except (InputError, CheckpointError, ConfigError, FileNotFoundError) as error:
+    except (InputError, CheckpointError, ConfigError, FileNotFoundError, DiskFullError) as error:
         log.error("%s", error)
         return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: results already in %s are the previous run's (nothing is written in part)", args.out)
+        return 130
     persons = sum(len(r["persons"]) for r in records)
     print(f"lifted {persons} person(s) in {len(records)} image(s)")
     for path in written[:3] + (["..."] if len(written) > 4 else []) + written[3:][-1:]:

@@ -19,8 +19,6 @@ the caller trusts it explicitly.
 Unlike the original code (``strict=False``), a missing, unexpected or
 mis-shaped tensor is an error that names it and the file.
 """
-import glob
-import os
 import pickle
 import re
 import zipfile
@@ -30,7 +28,7 @@ import torch
 from torch import nn
 
 from common.core import safe_pickle
-from common.core.files import atomic_write
+from common.core.files import atomic_write, remove_orphaned_temporaries
 from common.model.denoiser import CONTEXT_PREFIXES
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -322,23 +320,5 @@ def save_checkpoint(path, denoiser, optimizer=None, epoch=0, lr=None, **extra):
     }
     with atomic_write(path) as stream:
         torch.save(checkpoint, stream)
-    _remove_orphaned_temporaries(path)
+    remove_orphaned_temporaries(path)
     return path
-
-
-def _remove_orphaned_temporaries(path):
-    """Delete the temporary files of saves that were killed (kill -9, power cut) before their rename."""
-    for orphan in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = orphan.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            orphan.unlink(missing_ok=True)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True

@@ -64,6 +64,22 @@ def _flatten(values, prefix=""):
     return flat
 
 
+# The smallest value each mapped original key may take (the rest are booleans).
+ORIGINAL_MINIMUM = {"model.poseformer.embed_dim_ratio": 1, "model.poseformer.depth": 1, "train.batch_size": 1,
+                    "val.batch_size": 1, "train.num_workers": 0, "val.num_workers": 0}
+
+
+def _check_original(key, value, source):
+    """ConfigError naming the original key when its value has the wrong type or is out of range."""
+    if key in ORIGINAL_MINIMUM:
+        low = ORIGINAL_MINIMUM[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{source}: {key} = {value!r} ({type(value).__name__}): expected an integer "
+                              f">= {low}")
+    elif not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} = {value!r} ({type(value).__name__}): expected true or false")
+
+
 def translate(values, source="config"):
     """Map an original-format mapping onto this project's nested config keys.
 
@@ -73,7 +89,8 @@ def translate(values, source="config"):
     Returns:
         A nested mapping in this project's format (only the mapped keys).
     Raises:
-        ConfigError: ``model.poseformer.levels`` other than 4.
+        ConfigError: ``model.poseformer.levels`` other than 4, or a mapped key of the wrong
+            type or out of range (``ORIGINAL_MINIMUM``; the switches and ``val.flip_test`` are booleans).
     """
     flat = _flatten(values)
     out = {}
@@ -85,6 +102,7 @@ def translate(values, source="config"):
 
     def take(original, *ours):
         if original in flat:
+            _check_original(original, flat[original], source)
             used.add(original)
             for dotted in ours:
                 put(dotted, flat[original])
@@ -115,6 +133,9 @@ def translate(values, source="config"):
                     model.get("res_depth"), ORIGINAL_EMBED_DIM, ORIGINAL_DEPTH)
 
     backbone = flat.get("model.backbone.checkpoint")
+    if backbone is not None and not isinstance(backbone, str):
+        raise ConfigError(f"{source}: model.backbone.checkpoint = {backbone!r} ({type(backbone).__name__}): "
+                          f"expected a file path (a string)")
     if backbone:
         used.add("model.backbone.checkpoint")
         if Path(backbone).is_file():

@@ -1,5 +1,6 @@
 """Reliability measures (common.analysis.reliability) and the analysis of saved predictions (common.analysis.report)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -92,3 +93,47 @@ def test_analyze_names_a_bad_file(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", keys=np.array(["a"]))
     assert analyze.main([str(tmp_path / "bad.npz")]) == 2
     assert "lacks ['ground_truth', 'hypotheses']" in capsys.readouterr().err
+
+
+def _predictions(n=3, h=2):
+    rng = np.random.default_rng(0)
+    return dict(keys=np.array([f"S9_Directions_1.54138969_{i:06d}" for i in range(n)]),
+                hypotheses=rng.normal(0, 0.3, (n, h, 17, 3)).astype(np.float32),
+                ground_truth=rng.normal(0, 0.3, (n, 17, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("change, message", [
+    ("not_npz", "cannot read .* as evaluation predictions"),
+    ("npy", "cannot read .* as evaluation predictions"),
+    ("pickled", "no pickled objects: such files are refused"),
+    ("nan", r"'hypotheses' holds NaN or infinite values in 1 samples .first keys \['S9_Directions_1.54138969_000001'\]"),
+    ("inf_truth", "'ground_truth' holds NaN or infinite"),
+    ("missing", r"lacks \['ground_truth'\]"),
+    ("strings", "'hypotheses' must be floats"),
+    ("empty", "holds no samples"),
+])
+def test_analyze_refuses_predictions_that_are_not_ours_or_would_score_wrong(tmp_path, capsys, change, message):
+    path = tmp_path / "predictions.npz"
+    arrays = _predictions()
+    if change == "not_npz":
+        path.write_bytes(b"PK\x03\x04 not really a zip")
+    elif change == "npy":
+        np.save(path.with_suffix(".npy"), arrays["hypotheses"])
+        path.with_suffix(".npy").rename(path)
+    else:
+        if change == "pickled":
+            arrays["keys"] = np.array([{"key": 1}] * 3, dtype=object)
+        elif change == "nan":
+            arrays["hypotheses"][1, 0, 4, 2] = np.nan
+        elif change == "inf_truth":
+            arrays["ground_truth"][0, 0, 0] = np.inf
+        elif change == "missing":
+            del arrays["ground_truth"]
+        elif change == "strings":
+            arrays["hypotheses"] = np.full((3, 2, 17, 3), "x")
+        elif change == "empty":
+            arrays = _predictions(n=0)
+        np.savez(path, **arrays)
+    assert analyze.main([str(path), "--out", str(tmp_path / "analysis")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "analysis").exists()

@@ -1,3 +1,4 @@
+import errno
 import json
 import pickle
 from pathlib import Path
@@ -234,3 +235,47 @@ def test_command_line_convert_and_validate(toolbox, tmp_path, capsys):
         sink.write({"__key__": samples[-1]["__key__"], "jpg": b"not a jpeg", "pyd": samples[-1]["pyd"]})
     assert convert.main(["--validate", str(out)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_a_full_disk_stops_with_exit_2_keeping_the_finished_shards(toolbox, tmp_path, monkeypatch, capsys):
+    label_path, images, _ = toolbox
+    convert.convert_h36m(label_path, images, tmp_path / "whole", shard_size=2, progress=False)
+    out = tmp_path / "full"
+    synced = []
+
+    def fsync_until_full(descriptor):
+        synced.append(descriptor)
+        if len(synced) == 3:  # shard 0, the report after it, then shard 1: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("common.core.files.os.fsync", fsync_until_full)
+    command = ["h36m", "--labels", label_path, "--images", images, "--out", str(out), "--shard-size", "2",
+               "--workers", "0"]
+    assert convert.main(command) == 2
+    assert "the disk is full while writing" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["conversion_report.json", "data-000000.tar"]  # no partials
+    assert (out / "data-000000.tar").read_bytes() == (tmp_path / "whole" / "data-000000.tar").read_bytes()
+    monkeypatch.undo()
+    assert convert.main(command) == 0  # resumes once there is room
+    assert shard_bytes(out) == shard_bytes(tmp_path / "whole")
+
+
+def test_ctrl_c_on_the_command_line_keeps_finished_shards_and_says_how_to_resume(toolbox, tmp_path, monkeypatch,
+                                                                                 capsys):
+    label_path, images, _ = toolbox
+    original = convert.check_frame
+    calls = []
+
+    def interrupt_in_second_shard(data):
+        calls.append(data)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        original(data)
+
+    monkeypatch.setattr(convert, "check_frame", interrupt_in_second_shard)
+    out = tmp_path / "out"
+    command = ["h36m", "--labels", label_path, "--images", images, "--out", str(out), "--shard-size", "2",
+               "--workers", "0"]
+    assert convert.main(command) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["conversion_report.json", "data-000000.tar"]

@@ -11,6 +11,7 @@ from data_helpers import (
 )
 from reference import mirror_points
 
+from common.data.counts import samples_per_pass
 from common.data.loader import build_loader, find_shards
 
 from common.data.samples import (
@@ -376,3 +377,16 @@ def test_read_pose_3d_is_the_test_target_without_the_image(dataset, h36m_sample,
     broken = dict(without_image, pyd=pickle.dumps({"center": np.zeros(2)}))
     with pytest.raises(ShardDataError, match="joints_3d"):
         read_pose_3d(broken, dataset)
+
+
+@pytest.mark.parametrize("counts", [[5, 5, 5, 5, 5, 5], [3, 7, 2, 9], [30]])
+def test_max_samples_scores_the_same_first_samples_whatever_the_processes(tmp_path, counts):
+    """Evaluation's --max-samples N reads the pass's first N samples, for any number of processes and workers."""
+    write_split(tmp_path, "mpi", counts)
+    everything = keys_of(build_loader(tmp_path, "mpi", train=False, batch_size=4))
+    for world, workers in [(1, 0), (2, 0), (3, 0), (2, 2)]:
+        loaders = [build_loader(tmp_path, "mpi", train=False, batch_size=4, max_samples=13, num_workers=workers,
+                                rank=rank, world_size=world) for rank in range(world)]
+        keys = [key for loader in loaders for key in keys_of(loader)]
+        assert sorted(keys) == sorted(everything[:13]), (world, workers)
+        assert [samples_per_pass(loader) for loader in loaders] == [loader.num_samples for loader in loaders]

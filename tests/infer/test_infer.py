@@ -1,5 +1,8 @@
 """Inference on a user's images (common.infer.lifting): parity with evaluation, inputs, outputs and errors."""
+import errno
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +367,67 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="3000 x 3000 pixels.*refused before decoding"):
         read_image(path)
     assert not decoded
+
+
+def _lift_folder(trained, synthetic, tmp_path, *extra):
+    if not (tmp_path / "frames").is_dir():
+        _write_frames(tmp_path / "frames", synthetic, count=2)
+    keypoints = _h36m_keypoints_json(tmp_path / "kp.json", ["frame_000.png", "frame_001.png"], synthetic[1][0])
+    return infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
+                       "--out", str(tmp_path / "out"), "--device", "cpu", "-num_proposals", "2", "-timesteps", "1",
+                       *extra])
+
+
+def test_keypoints_far_outside_the_image_are_refused(trained, synthetic, tmp_path, caplog):
+    image = synthetic[2][0]  # 1000 x 1002
+    far = tmp_path / "far.json"
+    far.write_text(json.dumps({image.name: [{"keypoints": (_pixels(synthetic[1][0]) * 10).tolist(), "format": "h36m"}]}))
+    assert infer.main([str(image), "--keypoints", str(far), "--checkpoint", str(trained[0]), "--out",
+                       str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "keypoints lie far outside the 1000 x 1002 image" in caplog.text
+
+
+def test_a_video_without_frames_is_an_error(trained, synthetic, tmp_path, monkeypatch, caplog):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    monkeypatch.setattr(infer, "count_frames", lambda path: 0)
+    monkeypatch.setattr(infer, "video_frames", lambda *args: iter(()))  # PyAV decoding nothing
+    assert infer.main([str(tmp_path / "empty.mp4"), "--checkpoint", str(trained[0]), "--out", str(tmp_path / "out"),
+                       "--device", "cpu", "--bbox", "0", "0", "10", "10"]) == 2
+    assert "empty.mp4 gave no frames" in caplog.text
+    assert not (tmp_path / "out" / "empty.json").exists()
+
+
+def test_a_full_disk_or_ctrl_c_while_writing_results_keeps_the_previous_files(trained, synthetic, tmp_path,
+                                                                              monkeypatch, caplog):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "out").mkdir()
+    killed = tmp_path / "out" / f".frames.json.tmp-{int(finished.stdout)}"  # left by a run killed with -9
+    killed.write_text('{"images": [')
+    assert _lift_folder(trained, synthetic, tmp_path) == 0
+    assert not killed.exists()  # removed, never read as a result
+    outputs = {path: path.read_bytes() for path in (tmp_path / "out").iterdir()}
+    assert sorted(p.name for p in outputs) == ["frames.json", "frames.npz"]
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("common.core.files.os.fsync", full)
+        assert _lift_folder(trained, synthetic, tmp_path, "--seed", "9") == 2
+    assert "the disk is full while writing" in caplog.text and "frames.json" in caplog.text
+    assert {path: path.read_bytes() for path in (tmp_path / "out").iterdir()} == outputs  # no temporaries either
+
+    calls = []
+
+    def interrupted(value, *args, **kwargs):
+        calls.append(value)
+        if len(calls) == 2:  # after the header, in the middle of the images
+            raise KeyboardInterrupt
+        return json_dumps(value, *args, **kwargs)
+
+    json_dumps = json.dumps
+    monkeypatch.setattr(infer.json, "dumps", interrupted)
+    assert _lift_folder(trained, synthetic, tmp_path, "--seed", "9") == 130  # Ctrl-C: no traceback
+    monkeypatch.undo()
+    assert "interrupted: results already in" in caplog.text
+    assert {path: path.read_bytes() for path in (tmp_path / "out").iterdir()} == outputs

@@ -109,3 +109,23 @@ def test_our_format_stays_strict(tmp_path):
         assert not is_original_format(yaml.safe_load((CONFIG_DIR / name).read_text()))
     with pytest.raises(ConfigError, match="unknown config key 'model.mask_poses'"):
         load_config(write(tmp_path, "model:\n  mask_poses: true\n"), dataset="h36m")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("model.poseformer.embed_dim_ratio", "abc", "integer >= 1"),
+    ("model.poseformer.embed_dim_ratio", "-8", "integer >= 1"),
+    ("model.poseformer.depth", "0", "integer >= 1"),
+    ("model.poseformer.depth", "2.5", "integer >= 1"),
+    ("model.poseformer.mask_pose", "'no'", "expected true or false"),
+    ("train.batch_size", "'64'", "integer >= 1"),
+    ("train.batch_size", "true", "integer >= 1"),
+    ("train.num_workers", "-3", "integer >= 0"),
+    ("val.flip_test", "1", "expected true or false"),
+    ("model.backbone.checkpoint", "123", "expected a file path"),
+])
+def test_wrong_types_and_out_of_range_values_name_the_original_key(tmp_path, key, value, expected):
+    *sections, leaf = key.split(".")
+    text = "title: x\n" + "".join(f"{'  ' * depth}{name}:\n" for depth, name in enumerate(sections))
+    path = write(tmp_path, text + f"{'  ' * len(sections)}{leaf}: {value}\n")
+    with pytest.raises(ConfigError, match=f"{key} = .*{expected}"):
+        load_config(path)
