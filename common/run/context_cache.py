@@ -30,8 +30,11 @@ context and are cached as applied.
 A disk cache is read with ``torch.load(weights_only=True)`` (tensors, strings
 and numbers only, never code) and memory-mapped; it is used only when its
 fingerprint (weights of the backbone and the context layers, shard files,
-sample cap, model switches, precision, process layout) matches the run, and
-rebuilt otherwise.
+sample cap, model switches, precision, process layout) matches the run and
+its content matches the SHA-256 digest stored with it (a truncated, damaged or
+edited file is rebuilt, never used); hashing reads the file once per run, about
+a second per GB. It is written atomically: a full disk or a killed build
+leaves the previous file, never a partial one under the cache's name.
 """
 import hashlib
 import logging
@@ -47,11 +50,14 @@ from common.data.loader import build_loader, find_shards
 from common.data.samples import device_images
 from common.model.denoiser import CONTEXT_PREFIXES
 from common.model.diffusion import epsilon_loss
+from common.core.files import atomic_write, remove_orphaned_temporaries
 from common.core.skeleton import flip_pose_3d
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a SHA-256 digest of the content, checked on reading
+# Rows of the cache hashed at a time.
+_DIGEST_ROWS = 4096
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -136,14 +142,26 @@ class ContextCache:
             yield {"context": self.context[index, chosen].to(device=device, dtype=torch.float32),
                    "pose": self.pose[index, chosen].to(device)}
 
+    def digest(self):
+        """SHA-256 of the cached contexts, targets and keys: what a damaged or edited file fails."""
+        digest = hashlib.sha256()
+        for tensor in (self.context, self.pose):
+            flat = tensor.reshape(len(tensor), -1)
+            for start in range(0, len(flat), _DIGEST_ROWS):  # in slices, so a memory-mapped cache stays on disk
+                digest.update(flat[start:start + _DIGEST_ROWS].contiguous().view(torch.uint8).numpy())
+        digest.update("\n".join(self.keys).encode())
+        return digest.hexdigest()
+
     def save(self, path, fingerprint):
-        """Write the cache and its fingerprint atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save({"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "context": self.context,
-                    "pose": self.pose, "keys": self.keys}, partial)
-        os.replace(partial, path)
+        """Write the cache, its fingerprint and its digest atomically (a temporary file renamed into place).
+
+        Raises:
+            DiskFullError: the disk filled up; a previous cache file there is kept.
+        """
+        remove_orphaned_temporaries(path)  # what a killed build left
+        with atomic_write(path) as stream:
+            torch.save({"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "digest": self.digest(),
+                        "context": self.context, "pose": self.pose, "keys": self.keys}, stream)
 
     @classmethod
     def load(cls, path, fingerprint):
@@ -166,9 +184,12 @@ class ContextCache:
         if not (isinstance(context, torch.Tensor) and isinstance(pose, torch.Tensor) and isinstance(keys, list)):
             return None, "it lacks the context, pose or keys entries"
         try:
-            return cls(context, pose, keys), None
+            cache = cls(context, pose, keys)
         except ValueError as error:
             return None, str(error)
+        if obj.get("digest") != cache.digest():
+            return None, "its content does not match its digest (the file is damaged or was edited)"
+        return cache, None
 
 
 @torch.no_grad()

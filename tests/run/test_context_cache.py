@@ -1,11 +1,16 @@
 """The context cache: same loss as the image path, exact resume, refusals, safe disk files."""
+import errno
 import pickle
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from model_fixtures import assert_same_weights, fail_at_train_step, single_thread  # noqa: F401
 
 import common.run.context_cache as context_cache
+from common.core.files import DiskFullError
 import common.run.training as training
 from common.run.seeding import epoch_generator
 from common.model.checkpoints import CONTEXT_PREFIXES, load_context_weights, read_checkpoint
@@ -279,3 +284,72 @@ def test_two_processes_train_from_their_own_disk_caches(cached_config, tiny_shar
     sizes = [len(torch.load(f, weights_only=True)["keys"]) for f in files]
     assert sizes == [2, 2], "the four training samples are split between the processes"
     assert read_checkpoint(tmp_path / "two" / "latest_epoch.bin")["epoch"] == 2
+
+
+def _disk_cache(cached_config, tmp_path, **overrides):
+    cfg = cached_config(tmp_path, train__context_cache="disk", **overrides)
+    backbone, denoiser = _networks(cfg)
+    return cfg, backbone, denoiser, context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path,
+                                                                        progress=False)
+
+
+def test_a_truncated_disk_cache_is_rebuilt(cached_config, tmp_path, caplog):
+    cfg, backbone, denoiser, first = _disk_cache(cached_config, tmp_path)
+    path = context_cache.cache_path(tmp_path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again = context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False)
+    assert "not used: it does not load" in caplog.text
+    torch.testing.assert_close(again.context, first.context, rtol=0, atol=0)
+
+
+def test_one_changed_byte_of_the_contexts_is_caught_by_the_digest(cached_config, tmp_path, caplog):
+    cfg, backbone, denoiser, first = _disk_cache(cached_config, tmp_path)
+    path = context_cache.cache_path(tmp_path)
+    raw = bytearray(path.read_bytes())
+    where = raw.find(first.context[1].contiguous().numpy().tobytes()[:64])  # inside the stored tensor data
+    assert where > 0
+    raw[where + 5] ^= 0x01
+    path.write_bytes(bytes(raw))
+    again = context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False)
+    assert "does not match its digest" in caplog.text
+    torch.testing.assert_close(again.context, first.context, rtol=0, atol=0)
+
+
+def test_a_disk_cache_of_another_precision_or_shard_set_is_rebuilt(cached_config, tiny_shards, tmp_path, caplog):
+    _disk_cache(cached_config, tmp_path)
+    _, _, _, half = _disk_cache(cached_config, tmp_path, train__context_cache_dtype="bfloat16")
+    assert "differs in: dtype" in caplog.text and half.context.dtype == torch.bfloat16
+    caplog.clear()
+    other = tmp_path / "other-shards"
+    shutil.copytree(tiny_shards["h36m"], other)
+    _disk_cache(cached_config, tmp_path, train__context_cache_dtype="bfloat16", data__root=str(other))
+    assert "differs in: shards" in caplog.text
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_cache(cached_config, tmp_path, monkeypatch):
+    cfg, backbone, denoiser, first = _disk_cache(cached_config, tmp_path)
+    path = context_cache.cache_path(tmp_path)
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(context_cache.torch, "save", full)
+    with pytest.raises(DiskFullError, match="disk is full"):
+        first.save(path, {"another": "fingerprint"})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if "context_cache" in p.name] == [path.name]  # no partial left
+
+
+def test_a_build_killed_while_saving_leaves_no_file_taken_as_complete(cached_config, tmp_path, caplog):
+    cfg, backbone, denoiser, first = _disk_cache(cached_config, tmp_path)
+    path = context_cache.cache_path(tmp_path)
+    path.unlink()
+    # What kill -9 in the middle of torch.save leaves: half a temporary, of a process that is gone.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = path.with_name(f".{path.name}.tmp-{int(dead.stdout)}")
+    orphan.write_bytes(b"PK\x03\x04 half a cache")
+    again = context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False)
+    assert "read from" not in caplog.text  # computed afresh, not read from the leftover
+    torch.testing.assert_close(again.context, first.context, rtol=0, atol=0)
+    assert not orphan.exists() and path.is_file()
