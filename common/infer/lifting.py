@@ -472,13 +472,16 @@ def run(args):
         seed=args.seed, sampler=args.sampler, precision=args.precision)
     options = dict(sampling=sampling, heatmap_decoding=args.heatmap_decoding)
     records, pending = [], []  # pending: (record, prepared person, image) not yet lifted
+    lifted = [0]  # persons lifted so far, shown beside the images (one image may hold thousands)
 
     def flush():
         if pending:
             for (record, _, image), result in zip(pending, lift_people(model, [p for _, p, _ in pending], **options)):
                 record["persons"].append(result)
                 figures.add(image, result, first=len(record["persons"]) == 1)
+            lifted[0] += len(pending)
             pending.clear()
+            bar.set_postfix(persons=lifted[0])
         bar.update(len(records) - bar.n)  # the images read so far are lifted (the current one maybe in part)
 
     with tqdm(total=_frame_total(args, kind), desc="lift", unit="frame" if kind == "video" else "image",
