@@ -38,17 +38,16 @@ def load_predictions(path):
         if not hasattr(loaded, "files"):
             raise ValueError("a single .npy array, not an npz archive")
         with loaded as npz:
-            missing = sorted(set(REQUIRED) - set(npz.files))
-            if missing:
-                raise ValueError(f"{path} lacks {missing}: expected the npz evaluation writes (keys, hypotheses, "
-                                 f"ground_truth); found {sorted(npz.files)}")
-            arrays = {name: npz[name] for name in REQUIRED}
+            found = sorted(npz.files)
+            arrays = {name: npz[name] for name in REQUIRED if name in found}
     except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        if "lacks" in str(error):
-            raise
         raise ValueError(f"cannot read {path} as evaluation predictions ({type(error).__name__}: {error}); "
                          f"expected the npz evaluation writes with --save-predictions (plain arrays, no pickled "
                          f"objects: such files are refused, never unpickled)") from error
+    missing = sorted(set(REQUIRED) - set(arrays))
+    if missing:
+        raise ValueError(f"{path} lacks {missing}: expected the npz evaluation writes (keys, hypotheses, "
+                         f"ground_truth); found {found}")
     for name, ndim in REQUIRED.items():
         if arrays[name].ndim != ndim:
             raise ValueError(f"{path}: '{name}' has shape {arrays[name].shape}, expected {ndim} dimensions")

@@ -17,6 +17,7 @@ import logging
 import os
 import tarfile
 
+from common.core.files import write_text
 from common.data.convert import REPORT_NAME, SHARD_PATTERN
 from common.data.loader import ShardPlan, is_remote, sample_quota
 
@@ -104,15 +105,10 @@ def _from_headers(folder, names):
             changed = True
         counts[name] = int(entry["samples"])
     if changed:
-        temporary = f"{cache_path}.{os.getpid()}.partial"
         try:
-            with open(temporary, "w") as handle:
-                json.dump(cache, handle, indent=1)
-            os.replace(temporary, cache_path)
-        except OSError as error:  # a read-only dataset: count again next time
+            write_text(cache_path, json.dumps(cache, indent=1))
+        except OSError as error:  # a read-only dataset or a full disk: count again next time
             log.debug("sample counts not cached in %s: %s", folder, error)
-            if os.path.exists(temporary):
-                os.remove(temporary)
     return counts
 
 

@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from common.synthetic.body_model import ACTION_FAMILIES, H36M_ACTION_FAMILY, sample_body_shape, sample_pose
+from common.core.files import write_text
 from common.data.counts import MANIFEST_NAME
 from common.data.samples import shard_writer
 from common.core.geometry import (
@@ -476,9 +477,7 @@ def generate_dataset(out_dir, dataset="h36m", num_train=4000, num_test=800, seed
             pool.terminate()
     manifest = {"settings": settings,
                 "shards": {split: [str(p.relative_to(out_dir)) for p in paths] for split, paths in shards.items()}}
-    temporary = manifest_path.with_suffix(".json.partial")
-    temporary.write_text(json.dumps(manifest, indent=2))
-    os.replace(temporary, manifest_path)
+    write_text(manifest_path, json.dumps(manifest, indent=2))
     return shards
 
 
