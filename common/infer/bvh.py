@@ -16,7 +16,8 @@ few lines of text. The tests read it back with pybvh.
 - Rotations: each joint's world rotation turns its rest bone onto the lifted
   bone by the smallest rotation from where its parent's rotation carries it;
   the pelvis and the thorax, whose three children fix a rotation, take the
-  least-squares one (Kabsch) over their children's directions. Channels
+  least-squares one (Kabsch) over their children's directions, weighted by bone
+  length times the joints each bone carries (the spine outweighs the hips). Channels
   ``Zrotation Xrotation Yrotation`` (intrinsic, M = Rz Rx Ry), degrees.
 - The root's position is the track's camera-space root (``common.infer.camera_space``)
   where known, else the origin; frames the track missed are filled in linearly.
@@ -47,11 +48,21 @@ def bvh_to_camera(points):
     return np.asarray(points, dtype=np.float64) @ np.linalg.inv(CAMERA_TO_BVH)
 
 
-def _kabsch(rest, current):
-    """Rotation (3, 3) taking the directions ``rest`` (K, 3) best onto ``current`` (K, 3)."""
+def _subtree_sizes():
+    sizes = [1] * NUM_JOINTS
+    for j in reversed(range(1, NUM_JOINTS)):
+        sizes[PARENTS[j]] += sizes[j]
+    return tuple(sizes)
+
+
+SUBTREE_SIZES = _subtree_sizes()  # joints at or below each joint: the spine carries 10, a hip 3
+
+
+def _kabsch(rest, current, weights):
+    """Rotation (3, 3) taking the directions ``rest`` (K, 3) best onto ``current`` (K, 3), weighted (K,)."""
     rest = rest / np.linalg.norm(rest, axis=1, keepdims=True)
     current = current / np.linalg.norm(current, axis=1, keepdims=True)
-    u, _, vt = np.linalg.svd(rest.T @ current)
+    u, _, vt = np.linalg.svd((rest * np.asarray(weights)[:, None]).T @ current)
     flip = np.sign(np.linalg.det(vt.T @ u.T))
     return vt.T @ np.diag([1.0, 1.0, flip]) @ u.T
 
@@ -69,6 +80,15 @@ def _align(a, b):
     return Rotation.from_rotvec(axis / sine * np.arctan2(sine, cosine)).as_matrix()
 
 
+def _weights(offsets, children):
+    """Weights of a branch's children in its rotation: bone length times the joints the bone carries.
+
+    A misfit of the spine's direction moves the 10 joints above it by up to its length, a hip's only its leg,
+    so the spine is followed closely and the short hips take most of the misfit.
+    """
+    return [np.linalg.norm(offsets[c]) * SUBTREE_SIZES[c] for c in children]
+
+
 def world_rotations(pose, offsets):
     """World rotations (17, 3, 3) of one pose (17, 3) for the rest ``offsets`` (17, 3) (module docstring)."""
     rotations = np.empty((NUM_JOINTS, 3, 3))
@@ -76,7 +96,7 @@ def world_rotations(pose, offsets):
         parent = np.eye(3) if PARENTS[j] < 0 else rotations[PARENTS[j]]
         children = CHILDREN[j]
         if len(children) > 1:
-            rotations[j] = _kabsch(offsets[list(children)], pose[list(children)] - pose[j])
+            rotations[j] = _kabsch(offsets[list(children)], pose[list(children)] - pose[j], _weights(offsets, children))
         elif children:
             c = children[0]
             rotations[j] = _align(parent @ offsets[c], pose[c] - pose[j]) @ parent
@@ -95,7 +115,8 @@ def rest_offsets(poses):
     for _ in range(2):
         for j, children in enumerate(CHILDREN):
             if len(children) > 1:
-                local = [_kabsch(offsets[list(children)], bones[t, list(children)]).T @ bones[t, list(children)].T
+                local = [_kabsch(offsets[list(children)], bones[t, list(children)], _weights(offsets, children)).T
+                         @ bones[t, list(children)].T
                          for t in range(len(poses))]
                 mean = np.mean(local, axis=0).T  # (K, 3)
                 offsets[list(children)] = mean / np.linalg.norm(mean, axis=1, keepdims=True) * lengths[list(children), None]

@@ -30,7 +30,7 @@ def add_arguments(parser):
     """The command line's options for tracks, smoothing, camera space and BVH files."""
     group = parser.add_argument_group("videos: tracks, smoothing, camera space, BVH")
     group.add_argument("--smooth", choices=SMOOTHERS,
-                       help="smooth each track's mean over time: one-euro (causal; min cutoff 1 Hz, beta 0.5) or "
+                       help="smooth each track's mean over time: one-euro (causal; min cutoff 0.5 Hz, beta 8) or "
                             "savgol (window 11 frames, order 2) (default: none, the per-frame means)")
     group.add_argument("--focal", type=float, metavar="PX",
                        help="camera focal length in pixels, for the persons' positions in camera space (default: "
