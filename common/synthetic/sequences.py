@@ -26,12 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from common.core.files import atomic_write, write_text
-from common.core.geometry import apply_affine
 from common.core.video import write_mp4
 from common.synthetic.body_model import forward_kinematics
 from common.synthetic.render import new_depth_buffer, render_capsules
 from common.synthetic.world import (
-    H36M_HEIGHT, H36M_INTRINSICS, H36M_WIDTH, _capsule_list, _capsules_in_canvas, _project, background_bank,
+    H36M_HEIGHT,
+    H36M_INTRINSICS,
+    H36M_WIDTH,
+    _capsule_list,
+    _capsules_in_canvas,
+    _project,
+    background_bank,
     subject_appearance,
 )
 
