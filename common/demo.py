@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from common.run.config import load_config, output_paths
+from common.pipeline.config import load_config, output_paths
 from common.data.loader import find_shards
 from common.data.samples import H36M_FIELDS, read_fields, read_pose_3d
 from common.run.evaluation import evaluate
@@ -61,7 +61,7 @@ def lift_validation_images(data_root, checkpoint, out, count=4, device=None):
     ``python -m common.infer out/images --keypoints out/keypoints.json --visualize``.
     Returns the folder of the figures.
     """
-    from common.infer import lifting as infer
+    from common.infer import cli as infer
 
     images, out = Path(out) / "images", Path(out)
     images.mkdir(parents=True, exist_ok=True)

@@ -142,20 +142,20 @@ def normalize_crops(crops, mirror=False):
     return images.contiguous()
 
 
-def device_images(batch, device):
+def device_images(batch, device, test):
     """The normalised images of a loader batch, on ``device``.
 
-    A batch of uint8 crops (``crop`` (B, 256, 192, 3), from ``build_loader(uint8_crops=True)``)
-    is moved as 8 bits and normalised there; a test batch (2D inputs of two views,
-    ``keypoints_2d`` (B, 2, 17, 2)) gains the mirror view there too. A batch of
-    normalised ``image`` is moved as it is.
+    A batch of uint8 crops (``crop`` (B, 256, 192, 3), the loader's default) is moved
+    as 8 bits and normalised there; a test batch (``test=True``: both flip-test
+    views) gains the mirror view there too. A batch of normalised ``image``
+    (``build_loader(uint8_crops=False)``) is moved as it is.
     Returns:
         (B, 3, 256, 192) for training batches, (B, 2, 3, 256, 192) for test batches; float32.
     """
     if "crop" not in batch:
         return batch["image"].to(device, non_blocking=True)
     crops = batch["crop"].to(device, non_blocking=True)
-    return normalize_crops(crops, mirror=batch["keypoints_2d"].dim() == 4)
+    return normalize_crops(crops, mirror=test)
 
 
 def _read_image(sample, shard, key):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from common.run import distributed
 from common.model.acceleration import PRECISIONS
-from common.run.config import ConfigError, load_config, output_paths
+from common.core.errors import ConfigError
+from common.pipeline.config import load_config, output_paths
 from common.run.runlock import RunLockError, check_output_dir, run_lock
 from common.model.samplers import SAMPLERS
 

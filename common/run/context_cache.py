@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.run.config import ConfigError
+from common.core.errors import ConfigError
 from common.data.loader import build_loader, find_shards
 from common.data.samples import device_images
 from common.model.denoiser import CONTEXT_PREFIXES
@@ -210,7 +210,7 @@ def compute_context_cache(backbone, denoiser, loader, device, dtype=torch.float3
     try:
         for batch in tqdm(loader, desc="context cache", unit="batch", disable=not progress, leave=False):
             B = len(batch["key"])
-            features = backbone(device_images(batch, device).flatten(0, 1))  # views side by side: (2B, C_l, h_l, w_l)
+            features = backbone(device_images(batch, device, test=True).flatten(0, 1))  # views side by side: (2B, C_l, h_l, w_l)
             keypoints = batch["keypoints_2d"].to(device).flatten(0, 1)[:, None]  # (2B, 1, J, 2)
             context = denoiser.encode_context(keypoints, batch["ref"].to(device).flatten(0, 1), features)
             contexts.append(context.reshape(B, 2, *context.shape[1:]).to("cpu", dtype))  # (B, 2, 5, J, c)

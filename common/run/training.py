@@ -32,12 +32,13 @@ from tqdm import tqdm
 
 from common.run import distributed
 from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
-from common.run.config import config_to_dict, output_paths, save_config
+from common.pipeline.config import config_to_dict, output_paths, save_config
 from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
 from common.data.loader import build_loader
 from common.data.samples import device_images
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.run.evaluation import run_evaluation
+from common.pipeline import SnapPosePipeline
 from common.data.counts import samples_per_pass
 from common.data.splits import evaluation_shards
 from common.run.feature_cache import FeatureCache
@@ -313,8 +314,9 @@ class TrainingRun:
     def validate(self):
         """Evaluate on the validation split, save ``best_<dataset>.bin`` if better; returns the log line's part."""
         cfg, state = self.cfg, self.state
-        summary, _ = run_evaluation(self.backbone, self.denoiser, self.val_loader, cfg.dataset,
-                                    cfg.validation_sampling(), desc=f"validate {state.epoch}")
+        self.denoiser.eval()  # train_epoch puts it back in train mode
+        pipeline = SnapPosePipeline(self.backbone, self.denoiser, cfg.validation_sampling(), self.device, cfg)
+        summary, _ = run_evaluation(pipeline, self.val_loader, cfg.dataset, desc=f"validate {state.epoch}")
         summary = summary.summary()
         value = summary[BEST_METRIC]
         line = f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
@@ -372,7 +374,7 @@ class TrainingRun:
 
 def _prepare(batch, backbone, device):
     """A loader batch -> the denoiser's training inputs, with the frozen backbone's features."""
-    images = device_images(batch, device)
+    images = device_images(batch, device, test=False)
     with torch.no_grad():
         features = backbone(images)
     return {"features": features,

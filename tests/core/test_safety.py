@@ -18,7 +18,7 @@ from common.model.checkpoints import (
     CheckpointError, load_backbone_weights, load_context_weights, load_snappose_weights, read_checkpoint,
     save_checkpoint,
 )
-from common.run.config import save_config
+from common.pipeline.config import save_config
 from common.data.convert import ConversionError, _load_labels
 from common.data.loader import build_loader
 from common.data.samples import ShardDataError

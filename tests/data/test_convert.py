@@ -198,7 +198,7 @@ def test_interrupted_run_resumes_to_the_same_shards(toolbox, tmp_path, monkeypat
 
 def test_shard_bytes_caps_shard_size(toolbox, tmp_path):
     label_path, images, labels = toolbox
-    frame = max(Path(convert.frame_path(images, convert.sample_key(l))).stat().st_size for l in labels)
+    frame = max(Path(convert.frame_path(images, convert.sample_key(label))).stat().st_size for label in labels)
     cap = 2 * convert._estimated_bytes(frame)
     out = tmp_path / "capped"
     report = convert.convert_h36m(label_path, images, out, shard_bytes=cap, progress=False)

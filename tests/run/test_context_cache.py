@@ -15,7 +15,8 @@ import common.run.training as training
 from common.run.seeding import epoch_generator
 from common.model.checkpoints import CONTEXT_PREFIXES, load_context_weights, read_checkpoint
 from common.run.cli import build_parser, overrides_from_args
-from common.run.config import ConfigError, output_paths
+from common.core.errors import ConfigError
+from common.pipeline.config import output_paths
 from common.data.loader import build_loader
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.model.networks import build_model
@@ -270,7 +271,7 @@ def test_two_processes_train_from_their_own_disk_caches(cached_config, tiny_shar
     import subprocess
     import sys
 
-    from common.run.config import save_config
+    from common.pipeline.config import save_config
     from conftest import REPO_ROOT
 
     cfg = cached_config(tmp_path / "unused", train__context_cache="disk", train__epochs=2)

@@ -15,7 +15,7 @@ import main_diffusers_h36m
 from common.run import distributed
 from common.run import seeding, training
 from common.model.checkpoints import read_checkpoint
-from common.run.config import save_config
+from common.pipeline.config import save_config
 
 pytestmark = pytest.mark.gpu
 
