@@ -23,9 +23,9 @@ import time
 import cv2
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
+import webdataset as wds
 from common.core import safe_pickle
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, crop_matrix
 from common.data.loader import build_loader, find_shards

@@ -5,10 +5,10 @@ specification's key lists and stores it the way the authors' files do).
 import pytest
 import torch
 
+from common.core.skeleton import NUM_JOINTS
 from common.model.acceleration import autocast
 from common.model.denoiser import SnapPoseDenoiser
 from common.model.samplers import SamplingConfig, sample
-from common.core.skeleton import NUM_JOINTS
 
 TINY_CHANNELS = (4, 8, 16, 32)
 

@@ -30,8 +30,8 @@ Command line::
     python -m common.convert --validate webdataset/Human36m/train
 """
 import argparse
-import glob
 import concurrent.futures as futures
+import glob
 import hashlib
 import io
 import json
@@ -43,15 +43,15 @@ import sys
 from collections import Counter, defaultdict
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+import webdataset as wds
 from common.core import safe_pickle
-from common.data.loader import find_shards
 from common.core.files import DiskFullError, write_text
-from common.data.samples import PARTIAL_SUFFIX, ShardDataError, decode_sample, shard_writer
 from common.core.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
+from common.data.loader import find_shards
+from common.data.samples import PARTIAL_SUFFIX, ShardDataError, decode_sample, shard_writer
 
 SPLITS = ("train", "validation")
 SPLIT_SUBJECTS = {"train": H36M_TRAIN_SUBJECTS, "validation": H36M_TEST_SUBJECTS}

@@ -18,8 +18,8 @@ from glob import escape, glob
 
 import numpy as np
 import torch
-import webdataset as wds
 
+import webdataset as wds
 from common.data.samples import ShardDataError, bad_sample, check_dataset, collate_samples, decode_sample
 
 log = logging.getLogger(__name__)

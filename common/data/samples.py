@@ -26,15 +26,19 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-import webdataset as wds
 
+import webdataset as wds
 from common.core import safe_pickle
 from common.core.files import atomic_write
-from common.data.decode import decode_rgb
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, PIXEL_STD, crop_image
 from common.core.skeleton import (
-    DATASETS, NUM_JOINTS, flip_keypoints_crop, flip_keypoints_normalized, flip_pose_3d,
+    DATASETS,
+    NUM_JOINTS,
+    flip_keypoints_crop,
+    flip_keypoints_normalized,
+    flip_pose_3d,
 )
+from common.data.decode import decode_rgb
 
 # The reader's image normalisation (RGB / 255, then per channel): ImageNet's mean and std.
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

@@ -20,13 +20,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
 from common.core.errors import ConfigError
+from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
 from common.core.skeleton import JOINT_NAMES
 from common.infer.api import load_model
 from common.infer.inputs import (
-    KEYPOINT_FORMATS, InputError, PersonSpec, count_frames, folder_images, input_kind, people_for,
-    read_annotations, read_image, video_frames,
+    KEYPOINT_FORMATS,
+    InputError,
+    PersonSpec,
+    count_frames,
+    folder_images,
+    input_kind,
+    people_for,
+    read_annotations,
+    read_image,
+    video_frames,
 )
 from common.infer.keypoints import HEATMAP_DECODERS
 from common.infer.lifting import lift_people

@@ -13,7 +13,12 @@ import torch
 
 from common.analysis.reliability import joint_spread
 from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, crop_matrix, invert_affine, normalize_screen_coordinates,
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    crop_matrix,
+    invert_affine,
+    normalize_screen_coordinates,
 )
 from common.data.samples import flip_test_views, normalize_image
 from common.infer.inputs import InputError

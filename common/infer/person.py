@@ -12,7 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.core.geometry import (
-    apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine, normalize_screen_coordinates,
+    apply_affine,
+    bbox_center_scale,
+    crop_image,
+    crop_matrix,
+    invert_affine,
+    normalize_screen_coordinates,
 )
 from common.core.skeleton import JOINT_NAMES, NUM_JOINTS
 from common.infer.inputs import KEYPOINT_FORMATS, InputError

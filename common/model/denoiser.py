@@ -27,13 +27,13 @@ mode like every other layer, as in the original training.
 """
 import math
 
-from einops import rearrange, repeat
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
-from common.model.context import DeformableContextBlock, DropPath, Mlp, sample_features
 from common.core.skeleton import NUM_JOINTS
+from common.model.context import DeformableContextBlock, DropPath, Mlp, sample_features
 
 NUM_CONTEXT_TOKENS = 5  # pose token + 4 levels
 CONTEXT_PREFIXES = ("coord_embed.", "feat_embed.", "Spatial_pos_embed", "context_blocks.")

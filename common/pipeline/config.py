@@ -32,7 +32,6 @@ from common.model.networks import ModelConfig, build_networks
 from common.model.samplers import SAMPLERS, SamplingConfig
 from common.pipeline import original_config
 
-
 # Searched in this order when weights.backbone is null: this project's place, then
 # the one of the original README and code (checkpoint/posehrnet/).
 DEFAULT_BACKBONE_WEIGHTS = ("checkpoint/pose_hrnet_w32_256x192.pth",

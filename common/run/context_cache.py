@@ -46,12 +46,12 @@ from torch import nn
 from tqdm import tqdm
 
 from common.core.errors import ConfigError
+from common.core.files import atomic_write, remove_orphaned_temporaries
+from common.core.skeleton import flip_pose_3d
 from common.data.loader import build_loader, find_shards
 from common.data.samples import device_images
 from common.model.denoiser import CONTEXT_PREFIXES
 from common.model.diffusion import epsilon_loss
-from common.core.files import atomic_write, remove_orphaned_temporaries
-from common.core.skeleton import flip_pose_3d
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,17 +30,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.run import distributed
-from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
-from common.pipeline.config import config_to_dict, output_paths, save_config
-from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
+from common.data.counts import samples_per_pass
 from common.data.loader import build_loader
 from common.data.samples import device_images
-from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
-from common.run.evaluation import run_evaluation
-from common.pipeline import SnapPosePipeline
-from common.data.counts import samples_per_pass
 from common.data.splits import evaluation_shards
+from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
+from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import config_to_dict, output_paths, save_config
+from common.run import distributed
+from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
+from common.run.evaluation import run_evaluation
 from common.run.feature_cache import FeatureCache
 from common.run.seeding import epoch_generator, rng_state, seed_everything, set_rng_state
 

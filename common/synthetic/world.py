@@ -39,16 +39,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from common.synthetic.body_model import ACTION_FAMILIES, H36M_ACTION_FAMILY, sample_body_shape, sample_pose
 from common.core.files import write_text
-from common.data.counts import MANIFEST_NAME
-from common.data.samples import shard_writer
 from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine,
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    bbox_center_scale,
+    crop_image,
+    crop_matrix,
+    invert_affine,
     normalize_screen_coordinates,
 )
-from common.synthetic.render import Capsules, new_depth_buffer, render_capsules
 from common.core.skeleton import DATASETS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, LEFT_JOINTS, PARENTS, RIGHT_JOINTS
+from common.data.counts import MANIFEST_NAME
+from common.data.samples import shard_writer
+from common.synthetic.body_model import ACTION_FAMILIES, H36M_ACTION_FAMILY, sample_body_shape, sample_pose
+from common.synthetic.render import Capsules, new_depth_buffer, render_capsules
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, image_coordinates,
-    invert_affine, normalize_screen_coordinates,
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    bbox_center_scale,
+    crop_image,
+    crop_matrix,
+    image_coordinates,
+    invert_affine,
+    normalize_screen_coordinates,
 )
 
 

@@ -5,21 +5,31 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from data_helpers import (
-    MARKER_RADIUS, encode_image, h36m_key, make_h36m_sample, make_mpi_sample, mpi_key, write_shard, write_split,
+    MARKER_RADIUS,
+    encode_image,
+    h36m_key,
+    make_h36m_sample,
+    make_mpi_sample,
+    mpi_key,
+    write_shard,
+    write_split,
 )
 from reference import mirror_points
 
+import webdataset as wds
+from common.core.geometry import CROP_WIDTH, apply_affine, crop_matrix, image_coordinates
 from common.data.counts import samples_per_pass
 from common.data.loader import build_loader, find_shards
-
 from common.data.samples import (
-
-    IMAGE_MEAN, IMAGE_STD, ShardDataError, decode_sample, parse_key, read_pose_3d, reference_points,
-
+    IMAGE_MEAN,
+    IMAGE_STD,
+    ShardDataError,
+    decode_sample,
+    parse_key,
+    read_pose_3d,
+    reference_points,
 )
-from common.core.geometry import CROP_WIDTH, apply_affine, crop_matrix, image_coordinates
 
 
 def raw(sample, shard="mem.tar"):

@@ -1,10 +1,9 @@
 """Parity with the original implementation's test-time samples of released-layout shards."""
 import pytest
 import torch
+
 import webdataset as wds
-
 from common.data.loader import build_loader
-
 from common.data.samples import IMAGE_STD, decode_sample
 
 # The original's crop is an 8-bit bilinear warp; 2 grey levels on average is the

@@ -6,14 +6,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
 
 from common.core.geometry import crop_image, crop_matrix
 from common.data.decode import decode_rgb
 from common.data.loader import build_loader, default_num_workers
 from common.data.samples import IMAGE_MEAN, IMAGE_STD, device_images
-
 from tests.data_helpers import encode_image
 
 

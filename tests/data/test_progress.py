@@ -8,8 +8,8 @@ from data_helpers import write_split
 from model_fixtures import single_thread  # noqa: F401
 
 from common.data import counts as sample_count
-from common.data.loader import build_loader
 from common.data.counts import CACHE_NAME, count_samples, process_share, samples_per_pass
+from common.data.loader import build_loader
 from common.synthetic.world import generate_dataset
 
 

@@ -11,18 +11,18 @@ import torch
 from model_fixtures import single_thread  # noqa: F401
 from PIL import Image
 
-from common.infer import api, cli, lifting, person
-from common.model.checkpoints import save_checkpoint
-from common.pipeline.config import config_to_dict
-from common.data.samples import flip_test_views, shard_writer
-from common.run.evaluation import evaluate
 from common.core.geometry import image_coordinates
+from common.data.samples import flip_test_views, shard_writer
+from common.infer import api, cli, lifting, person
 from common.infer.inputs import InputError, read_image
 from common.infer.keypoints import COCO_COPIED, COCO_USED, coco_to_h36m
+from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
-from common.synthetic.world import encode_sample, make_sample
 from common.model.samplers import SamplingConfig
 from common.pipeline import SnapPosePipeline
+from common.pipeline.config import config_to_dict
+from common.run.evaluation import evaluate
+from common.synthetic.world import encode_sample, make_sample
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SAMPLES = (0, 5)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from model_fixtures import ddim_sample, single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
 
+from common.core.skeleton import NUM_JOINTS
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.model.samplers import make_sampling_scheduler
-from common.core.skeleton import NUM_JOINTS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,21 +3,20 @@ import json
 
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from model_fixtures import ddim_sample, sample_from, single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
 from test_diffusion import OracleDenoiser, loop_of_full_forwards
 
+from common.core.errors import ConfigError
+from common.core.skeleton import NUM_JOINTS
 from common.model.acceleration import PRECISIONS, CompiledDenoiser, autocast, compile_denoiser, run_backbone
 from common.model.checkpoints import save_checkpoint
-from common.run.cli import build_parser, overrides_from_args
-from common.core.errors import ConfigError
-from common.pipeline.config import output_paths
-from diffusers import DDIMScheduler
-
 from common.model.diffusion import make_ddpm_scheduler
-from common.run.evaluation import evaluate
 from common.model.networks import ModelConfig, build_model
 from common.model.samplers import SAMPLERS, make_sampling_scheduler
-from common.core.skeleton import NUM_JOINTS
+from common.pipeline.config import output_paths
+from common.run.cli import build_parser, overrides_from_args
+from common.run.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")

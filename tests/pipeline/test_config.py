@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from common.core.errors import ConfigError
-from common.pipeline.config import Config, load_config, output_paths, save_config
 from common.model.networks import ModelConfig
+from common.pipeline.config import Config, load_config, output_paths, save_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from common.core.errors import ConfigError
-from common.pipeline.config import Config, DEFAULT_BACKBONE_WEIGHTS, load_config
+from common.pipeline.config import DEFAULT_BACKBONE_WEIGHTS, Config, load_config
 from common.pipeline.original_config import is_original_format
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"

@@ -14,9 +14,9 @@ from reference import KNOWN_PCK14, known_error_predictor
 import main_diffusers_h36m
 import main_diffusers_mpi
 from common.model.checkpoints import read_checkpoint
-from common.run.cli import build_parser, overrides_from_args
-from common.pipeline.config import save_config
 from common.pipeline import SnapPosePipeline
+from common.pipeline.config import save_config
+from common.run.cli import build_parser, overrides_from_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -6,18 +6,25 @@ import pytest
 import torch
 from model_fixtures import single_thread  # noqa: F401
 from reference import (
-    KNOWN_AUC14, KNOWN_PCK14, KNOWN_PCK17, MPI_14, auc_percent, hypothesis_metrics, known_error_predictor,
-    mirror_points, pck_percent,
+    KNOWN_AUC14,
+    KNOWN_PCK14,
+    KNOWN_PCK17,
+    MPI_14,
+    auc_percent,
+    hypothesis_metrics,
+    known_error_predictor,
+    mirror_points,
+    pck_percent,
 )
 
 from common.analysis import metrics
-from common.model.checkpoints import save_checkpoint
-from common.pipeline.config import output_paths
 from common.data.loader import build_loader
-from common.pipeline import SnapPosePipeline
-from common.run.evaluation import evaluate
+from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
 from common.model.samplers import SamplingConfig
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import output_paths
+from common.run.evaluation import evaluate
 
 # Two hypotheses, two DDIM steps, flip test on.
 TWO_BY_TWO = SamplingConfig(steps=2, hypotheses=2)

@@ -7,10 +7,10 @@ import torch
 from model_fixtures import assert_same_weights, fail_at_train_step, single_thread  # noqa: F401
 
 import common.run.training as training
-from common.run.feature_cache import FeatureCache
 from common.model.checkpoints import CONTEXT_PREFIXES, read_checkpoint
-from common.pipeline.config import output_paths
 from common.model.networks import build_model
+from common.pipeline.config import output_paths
+from common.run.feature_cache import FeatureCache
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")

@@ -9,18 +9,42 @@ import pytest
 import torch
 from PIL import Image
 
-from common.synthetic.body_model import (
-    ACTION_FAMILIES, ANGLE_LIMITS, clamp_angles, forward_kinematics, sample_angles, sample_body_shape,
-    sample_pose,
+from common.core.geometry import (
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    crop_image,
+    crop_matrix,
+    image_coordinates,
+)
+from common.core.skeleton import (
+    H36M_ACTIONS,
+    H36M_TEST_SUBJECTS,
+    H36M_TRAIN_SUBJECTS,
+    LEFT_JOINTS,
+    PARENTS,
+    RIGHT_JOINTS,
 )
 from common.data.loader import build_loader
 from common.data.samples import decode_sample, parse_key
-from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, crop_image, crop_matrix, image_coordinates,
+from common.synthetic.body_model import (
+    ACTION_FAMILIES,
+    ANGLE_LIMITS,
+    clamp_angles,
+    forward_kinematics,
+    sample_angles,
+    sample_body_shape,
+    sample_pose,
 )
-from common.core.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, LEFT_JOINTS, PARENTS, RIGHT_JOINTS
 from common.synthetic.world import (
-    H36M_HEIGHT, H36M_INTRINSICS, H36M_WIDTH, NoiseOptions, contact_sheet, generate_dataset, main, make_sample,
+    H36M_HEIGHT,
+    H36M_INTRINSICS,
+    H36M_WIDTH,
+    NoiseOptions,
+    contact_sheet,
+    generate_dataset,
+    main,
+    make_sample,
 )
 
 NO_NOISE = NoiseOptions(sigma=0.0, outlier_rate=0.0, outlier_sigma=0.0, swap_rate=0.0)
