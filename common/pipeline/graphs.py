@@ -84,22 +84,20 @@ def export_graphs(backbone, denoiser, folder, model_settings=None):
     folder.mkdir(parents=True, exist_ok=True)
     backbone, denoiser = backbone.cpu().eval(), denoiser.cpu().eval()
     inputs = example_inputs(backbone, denoiser)
-    batch = {0: "batch"}
-    specs = {
-        "backbone": (_Backbone(backbone), ["images"], list(FEATURES),
-                     {"images": batch, **{name: batch for name in FEATURES}}),
-        "context": (_Context(denoiser), ["keypoints_2d", "ref", *FEATURES], ["context"],
-                    {name: batch for name in ("keypoints_2d", "ref", *FEATURES, "context")}),
+    batch = {0: torch.export.Dim("batch")}
+    specs = {  # graph: (module, input names, output names, dynamic dimensions of each input)
+        "backbone": (_Backbone(backbone), ["images"], list(FEATURES), (batch,)),
+        "context": (_Context(denoiser), ["keypoints_2d", "ref", *FEATURES], ["context"], (batch,) * 6),
         "denoise_step": (_DenoiseStep(denoiser), ["context", "noisy", "t"], ["noise"],
-                         {"context": batch, "noisy": {0: "batch", 1: "hypotheses"}, "t": batch,
-                          "noise": {0: "batch", 1: "hypotheses"}}),
+                         (batch, {**batch, 1: torch.export.Dim("hypotheses")}, batch)),
     }
     paths = []
-    for name, (module, input_names, output_names, dynamic_axes) in specs.items():
+    for name, (module, input_names, output_names, dynamic_shapes) in specs.items():
         path = folder / f"{name}.onnx"
         with torch.no_grad():
-            torch.onnx.export(module, inputs[name], str(path), input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=True)
+            torch.onnx.export(module.eval(), inputs[name], str(path), input_names=input_names,
+                              output_names=output_names, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
+                              dynamo=True, verbose=False)
         paths.append(path)
     manifest = {"graphs": {name: f"{name}.onnx" for name in GRAPHS}, "opset": OPSET,
                 "feature_channels": list(denoiser.feature_channels), "model": model_settings or {}}
@@ -107,15 +105,18 @@ def export_graphs(backbone, denoiser, folder, model_settings=None):
     return paths + [folder / MANIFEST]
 
 
-def open_session(path):
-    """An onnxruntime session of the graph ``path`` on the CPU."""
+def open_session(path, threads=None):
+    """An onnxruntime session of the graph ``path`` on the CPU; ``threads``: its intra-op threads (None: onnxruntime's)."""
     try:
         import onnxruntime
     except ImportError as error:
         raise ImportError("running ONNX graphs needs onnxruntime: pip install -r requirements-onnx.txt") from error
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX graph {path} not found; write the graphs with python -m common.export")
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _run(session, inputs):
@@ -127,8 +128,8 @@ def _run(session, inputs):
 class OnnxBackbone:
     """``backbone.onnx`` with the backbone's call: images (N, 3, 256, 192) -> four maps (float32, CPU)."""
 
-    def __init__(self, path):
-        self.session = open_session(path)
+    def __init__(self, path, threads=None):
+        self.session = open_session(path, threads)
 
     def __call__(self, images):
         return _run(self.session, {"images": images})
@@ -137,9 +138,9 @@ class OnnxBackbone:
 class OnnxDenoiser:
     """``context.onnx`` and ``denoise_step.onnx`` with the denoiser's two halves, for ``samplers.sample``."""
 
-    def __init__(self, context_path, step_path):
-        self.context_session = open_session(context_path)
-        self.step_session = open_session(step_path)
+    def __init__(self, context_path, step_path, threads=None):
+        self.context_session = open_session(context_path, threads)
+        self.step_session = open_session(step_path, threads)
 
     def encode_context(self, keypoints_2d, ref, features):
         named = dict(zip(FEATURES, features))
@@ -149,12 +150,12 @@ class OnnxDenoiser:
         return _run(self.step_session, {"context": context, "noisy": noisy_3d, "t": t.long()})[0]
 
 
-def load_graphs(folder):
+def load_graphs(folder, threads=None):
     """(OnnxBackbone, OnnxDenoiser) of the graphs ``export_graphs`` wrote into ``folder``."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise FileNotFoundError(f"{folder / MANIFEST} not found: {folder} holds no exported graphs; "
                                 f"write them with python -m common.export --out {folder}")
     graphs = json.loads((folder / MANIFEST).read_text())["graphs"]
-    return (OnnxBackbone(folder / graphs["backbone"]),
-            OnnxDenoiser(folder / graphs["context"], folder / graphs["denoise_step"]))
+    return (OnnxBackbone(folder / graphs["backbone"], threads),
+            OnnxDenoiser(folder / graphs["context"], folder / graphs["denoise_step"], threads))

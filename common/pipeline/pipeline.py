@@ -111,17 +111,18 @@ class SnapPosePipeline:
         return cls.from_config(cfg, weights, device, heatmaps, trust_checkpoint, sampling)[0]
 
     @classmethod
-    def from_onnx(cls, folder, sampling=SamplingConfig()):
+    def from_onnx(cls, folder, sampling=SamplingConfig(), threads=None):
         """The pipeline on the ONNX graphs in ``folder`` (``python -m common.export``), run by onnxruntime on the CPU.
 
         The sampler's loop is the same Python loop (``common.model.samplers.sample``);
         only the networks' calls go to the graphs. The graphs are float32:
         ``sampling.precision`` must be "fp32" and ``sampling.compile`` off.
+        ``threads``: onnxruntime's intra-op threads (None: its default, one per core).
         """
         if sampling.precision != "fp32" or sampling.compile:
             raise ValueError(f"ONNX graphs run in fp32 without torch.compile; got precision "
                              f"{sampling.precision!r}, compile {sampling.compile}")
-        backbone, denoiser = load_graphs(folder)
+        backbone, denoiser = load_graphs(folder, threads)
         return cls(backbone, denoiser, sampling, device="cpu")
 
     def prepare(self, sampling):
