@@ -30,6 +30,7 @@ from common.data.splits import evaluation_shards
 from common.pipeline import SnapPosePipeline
 from common.pipeline.config import config_to_dict, output_paths
 from common.run import distributed
+from common.run.context_cache import describe_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
                    split=split, num_shards=len(urls), sampling=dataclasses.asdict(sampling),
-                   skipped_samples=skipped)
+                   skipped_samples=skipped, training_context=describe_checkpoint(checkpoint))
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
         named = metrics_file(paths.metrics, weights, split, cfg.dataset)
