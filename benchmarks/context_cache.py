@@ -83,7 +83,7 @@ class SharedFeatures:
     def compute(cls, cfg, backbone, path):
         shards = []
         for url in find_shards(cfg.data.root, "train"):
-            loader = build_loader([url], cfg.dataset, train=False, batch_size=cfg.data.batch_size, uint8_crops=True)
+            loader = build_loader([url], cfg.dataset, train=False, batch_size=cfg.data.batch_size)
             batches = list(feature_batches(loader, backbone, CPU))
             shards.append({"features": [torch.cat([b["features"][level] for b in batches]) for level in range(4)],
                            **{name: torch.cat([b[name] for b in batches]) for name in ("keypoints", "ref", "pose")},

@@ -258,7 +258,7 @@ def read_pose_3d(sample, dataset):
     return _root_relative_metres(arrays["joints_3d"], millimetres=dataset == "mpi")
 
 
-def decode_sample(sample, dataset, train, rng=None, normalize=True):
+def decode_sample(sample, dataset, train, rng=None, uint8_crops=False):
     """Turn one raw WebDataset sample into model inputs and targets.
 
     Human3.6M frames are cropped from the pyd's ``center``/``scale`` (``docs/formats.md``, Crop);
@@ -271,7 +271,7 @@ def decode_sample(sample, dataset, train, rng=None, normalize=True):
         train: True flips image, 2D and 3D together with probability 0.5; False
             returns the original and its flip stacked on a leading axis of 2.
         rng: numpy Generator for the training flip (a fresh unseeded one if None).
-        normalize: False returns the 8-bit crop as ``crop`` (256, 192, 3) uint8 (in
+        uint8_crops: return the 8-bit crop as ``crop`` (256, 192, 3) uint8 (in
             training flipped with the 2D and 3D) instead of ``image``, and no mirror
             image in test mode: ``normalize_crops``/``device_images`` make both later,
             for a whole batch at once.
@@ -288,7 +288,7 @@ def decode_sample(sample, dataset, train, rng=None, normalize=True):
     shard = sample.get("__url__", "<unknown shard>")
     key = sample.get("__key__", "<no key>")
     try:
-        return _decode(sample, dataset, train, rng, shard, key, normalize)
+        return _decode(sample, dataset, train, rng, shard, key, not uint8_crops)
     except ShardDataError:
         raise
     except Exception as exn:  # anything unforeseen still says where it happened

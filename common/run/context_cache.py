@@ -428,7 +428,7 @@ class _Budget:
 def _build_loader(cfg, spec, limit):
     return build_loader([spec.url], cfg.dataset, train=False, batch_size=cfg.data.batch_size,
                         num_workers=cfg.data.num_workers, max_samples=limit, skip_bad=cfg.data.skip_bad,
-                        seed=cfg.seed, rank=spec.rank, world_size=spec.world_size, uint8_crops=True)
+                        seed=cfg.seed, rank=spec.rank, world_size=spec.world_size)
 
 
 def _progress_bar(cfg, shards, rank, world_size, progress):

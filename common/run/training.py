@@ -204,14 +204,13 @@ class TrainingRun:
         self.scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
         self.loader = build_loader(data.root, cfg.dataset, train=True, batch_size=data.batch_size,
                                    num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
-                                   max_samples=data.max_train_samples, skip_bad=data.skip_bad, seed=cfg.seed,
-                                   uint8_crops=True)
+                                   max_samples=data.max_train_samples, skip_bad=data.skip_bad, seed=cfg.seed)
         self.val_loader = None
         if cfg.train.validate_every:
             self.val_loader = build_loader(self.val_shards, cfg.dataset, train=False,
                                            batch_size=data.eval_batch_size, num_workers=data.num_workers,
                                            max_samples=data.max_eval_samples, skip_bad=data.skip_bad,
-                                           seed=cfg.seed, uint8_crops=True)
+                                           seed=cfg.seed)
         self.cache = FeatureCache() if cfg.train.cache_features else None
         if self.main:
             self._open_outputs(resume)

@@ -35,7 +35,7 @@ def test_shared_features_give_the_image_paths_training_inputs(demo_files, tmp_pa
     for batch in shared.batches(4, torch.Generator().manual_seed(0)):
         for i in range(len(batch["pose"])):
             by_keypoints[batch["keypoints"][i].numpy().tobytes()] = (batch["features"][0][i], batch["pose"][i])
-    loader = build_loader(cfg.data.root, "h36m", train=True, batch_size=4, shuffle_buffer=0, uint8_crops=True)
+    loader = build_loader(cfg.data.root, "h36m", train=True, batch_size=4, shuffle_buffer=0)
     for batch in loader:
         inputs = _prepare(batch, backbone, CPU)
         for i in range(len(inputs["pose"])):

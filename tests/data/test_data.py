@@ -294,14 +294,14 @@ def test_loader_default_split(tmp_path):
 
 def test_batches_are_collated(tmp_path):
     write_split(tmp_path, "h36m", [3, 2])
-    batches = list(build_loader(tmp_path, "h36m", train=False, batch_size=4))
+    batches = list(build_loader(tmp_path, "h36m", train=False, batch_size=4, uint8_crops=False))
     assert [len(b["key"]) for b in batches] == [4, 1]
     batch = batches[0]
     assert batch["image"].shape == (4, 2, 3, 256, 192)
     assert batch["keypoints_3d"].shape == (4, 1, 17, 3)
     assert batch["keypoints_2d"].shape == batch["keypoints_2d_crop"].shape == batch["ref"].shape == (4, 2, 17, 2)
     assert batch["subject"] == [9] * 4 and batch["action"] == [2, 3, 4, 5]
-    train = next(iter(build_loader(tmp_path, "h36m", train=True, batch_size=4)))
+    train = next(iter(build_loader(tmp_path, "h36m", train=True, batch_size=4, uint8_crops=False)))
     assert train["image"].shape == (4, 3, 256, 192) and train["keypoints_2d"].shape == (4, 17, 2)
 
 

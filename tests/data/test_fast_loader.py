@@ -31,7 +31,7 @@ def todays_normalisation(crops):
 def test_uint8_crops_match_the_originals_crops(parity_dir):
     """Crops of the loader's uint8 path within 1 grey level of the original's cv2.warpAffine crops."""
     expected = torch.load(parity_dir / "wds_expected.pt")["h36m"]
-    batch = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8, uint8_crops=True)))
+    batch = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8)))
     assert "image" not in batch and batch["crop"].dtype == torch.uint8
     assert batch["crop"].shape == (len(expected), 256, 192, 3)
     for crop, (image, *_) in zip(batch["crop"], expected):
@@ -42,8 +42,8 @@ def test_uint8_crops_match_the_originals_crops(parity_dir):
 
 
 def test_device_images_equal_todays_normalised_batch(parity_dir):
-    normalised = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8)))
-    crops = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8, uint8_crops=True)))
+    normalised = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8, uint8_crops=False)))
+    crops = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8)))
     images = device_images(crops, "cpu", test=True)  # (B, 2, 3, H, W)
     today = todays_normalisation(torch.stack([crops["crop"], crops["crop"].flip(2)], dim=1))
     torch.testing.assert_close(images, today, rtol=0, atol=0)
@@ -55,8 +55,8 @@ def test_device_images_equal_todays_normalised_batch(parity_dir):
 @pytest.mark.parametrize("dataset", ["h36m", "mpi"])
 def test_training_batches_flip_crops_with_their_poses(tiny_shards, dataset):
     kwargs = dict(train=True, batch_size=4, seed=3, shuffle_buffer=0)
-    normalised = next(iter(build_loader(tiny_shards[dataset], dataset, **kwargs)))
-    crops = next(iter(build_loader(tiny_shards[dataset], dataset, uint8_crops=True, **kwargs)))
+    normalised = next(iter(build_loader(tiny_shards[dataset], dataset, uint8_crops=False, **kwargs)))
+    crops = next(iter(build_loader(tiny_shards[dataset], dataset, **kwargs)))
     assert crops["crop"].dtype == torch.uint8 and crops["crop"].shape == (4, 256, 192, 3)
     torch.testing.assert_close(device_images(crops, "cpu", test=False), normalised["image"], rtol=0, atol=0)
     assert torch.equal(crops["keypoints_3d"], normalised["keypoints_3d"])

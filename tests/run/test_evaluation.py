@@ -91,7 +91,7 @@ def test_mpi_pck_and_auc_of_predictions_a_known_distance_off(tiny_config, weight
 
 
 def _test_batch(cfg, batch_size):
-    loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=batch_size)
+    loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=batch_size, uint8_crops=False)
     return list(loader)
 
 
