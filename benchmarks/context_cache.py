@@ -37,9 +37,8 @@ import torch
 from common.core.skeleton import flip_pose_3d
 from common.data.loader import build_loader, find_shards
 from common.model.checkpoints import CONTEXT_PREFIXES, load_snappose_weights
-from common.run.config import load_config, save_config
-from common.run.context_cache import (CachePart, cache_dir, compute_part, feature_batches, fingerprint,
-                                      part_path, part_specs)
+from common.pipeline.config import load_config, save_config
+from common.run.context_cache import cache_dir, compute_part, feature_batches, fingerprint, part_path, part_specs
 
 CPU = torch.device("cpu")
 DEMO_CONFIG = "config/synthetic_demo.yaml"
@@ -84,7 +83,7 @@ class SharedFeatures:
     def compute(cls, cfg, backbone, path):
         shards = []
         for url in find_shards(cfg.data.root, "train"):
-            loader = build_loader([url], cfg.dataset, train=False, batch_size=cfg.data.batch_size, uint8_crops=True)
+            loader = build_loader([url], cfg.dataset, train=False, batch_size=cfg.data.batch_size)
             batches = list(feature_batches(loader, backbone, CPU))
             shards.append({"features": [torch.cat([b["features"][level] for b in batches]) for level in range(4)],
                            **{name: torch.cat([b[name] for b in batches]) for name in ("keypoints", "ref", "pose")},

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.infer import lifting as infer
+from common.infer import cli as infer
 from common.infer.bvh import BVH_NAMES, bvh_to_camera, write_bvh
 from common.infer.camera_space import fit_root, focal_from_fov
 from common.infer.smoothing import SmoothingConfig, smooth_track

@@ -9,7 +9,6 @@ measure of where it is unsure. Animations follow one track (``common.infer.motio
 the mp4 is written through PyAV (``common.core.video``) where it is installed.
 """
 import logging
-
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from common.core.files import atomic_write
-from common.core.video import write_mp4
 from common.analysis.figures import VIEWPOINTS, draw_pose_2d, draw_pose_3d, frame_pose_axes, upright
+from common.core.files import atomic_write
 from common.core.geometry import PIXEL_STD
+from common.core.video import write_mp4
 
 log = logging.getLogger(__name__)
 

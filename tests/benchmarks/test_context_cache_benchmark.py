@@ -9,7 +9,7 @@ from benchmarks import context_cache as bench
 from common.data.loader import build_loader
 from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
-from common.run.config import load_config, save_config
+from common.pipeline.config import load_config, save_config
 from common.run.training import _prepare
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -35,7 +35,7 @@ def test_shared_features_give_the_image_paths_training_inputs(demo_files, tmp_pa
     for batch in shared.batches(4, torch.Generator().manual_seed(0)):
         for i in range(len(batch["pose"])):
             by_keypoints[batch["keypoints"][i].numpy().tobytes()] = (batch["features"][0][i], batch["pose"][i])
-    loader = build_loader(cfg.data.root, "h36m", train=True, batch_size=4, shuffle_buffer=0, uint8_crops=True)
+    loader = build_loader(cfg.data.root, "h36m", train=True, batch_size=4, shuffle_buffer=0)
     for batch in loader:
         inputs = _prepare(batch, backbone, CPU)
         for i in range(len(inputs["pose"])):

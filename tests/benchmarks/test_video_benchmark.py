@@ -9,7 +9,7 @@ from model_fixtures import single_thread  # noqa: F401
 from benchmarks import video
 from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
-from common.run.config import config_to_dict
+from common.pipeline.config import config_to_dict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from common.core.skeleton import PARENTS
 from common.core.video import video_fps, write_mp4
-from common.infer import lifting as infer
+from common.infer import cli as infer
 from common.infer.bvh import BVH_NAMES, bvh_to_camera, write_bvh
 from common.infer.camera_space import EXIF_IFD, FOCAL_35MM_TAG, exif_focal, fit_root, focal_from_fov, project, resolve_focal
 from common.infer.inputs import count_frames, video_frames
@@ -19,7 +19,7 @@ from common.infer.smoothing import SmoothingConfig, one_euro, savgol, smooth_tra
 from common.infer.tracking import Tracker, TrackError, box_iou
 from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
-from common.run.config import config_to_dict
+from common.pipeline.config import config_to_dict
 from common.synthetic.body_model import forward_kinematics
 from common.synthetic.sequences import make_sequence, walking_angles, write_sequence
 from common.synthetic.world import subject_appearance
