@@ -61,7 +61,7 @@ def assign_tracks(tracker, position, people, specs, where):
     if not people:
         return []
     boxes = track_boxes([p.center for p in people], [p.scale for p in people], PIXEL_STD)
-    keypoints = [None if p.keypoints is None else np.asarray(p.keypoints[2], np.float64) for p in people]
+    keypoints = [None if p.keypoints is None else np.asarray(p.keypoints.pixels, np.float64) for p in people]
     try:
         return tracker.update(position, boxes, keypoints, [getattr(s, "track", None) for s in specs])
     except TrackError as error:
