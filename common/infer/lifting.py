@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
-from common.model.acceleration import PRECISIONS, prepare_backbone
+from common.model.acceleration import PRECISION_OPTIONS, prepare_backbone, resolve_precision
 from common.model.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint
 from common.run.config import Config, ConfigError, config_from_dict, load_config
 from common.data.samples import flip_test_views, normalize_image
@@ -308,6 +308,8 @@ def lift_people(model, people, sampling=None, heatmap_decoding="dark"):
     (``model.config.sampling()``). Inference runs eagerly (its ``compile`` is not used).
     """
     sampling = model.config.sampling() if sampling is None else sampling
+    if sampling.precision == "auto":
+        sampling = sampling.replace(precision=resolve_precision("auto", model.device))
     detect_keypoints(model, people, heatmap_decoding)
     views = [flip_test_views(p.crop, torch.from_numpy(p.keypoints[0]), torch.from_numpy(p.keypoints[1]))
              for p in people]
@@ -389,8 +391,9 @@ def build_parser():
     parser.add_argument("--no-flip-test", action="store_true", help="lift the original view only")
     parser.add_argument("--sampler", choices=SAMPLERS,
                         help="sampler (default: the config's, ddim as in the paper; see README, Faster evaluation)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="autocast precision of backbone and denoiser (default: the config's, fp32)")
+    parser.add_argument("--precision", choices=PRECISION_OPTIONS, default="auto",
+                        help="autocast precision of backbone and denoiser (default: auto, bf16 where the device "
+                             "computes it natively, else fp32; fp32 is the paper's)")
     parser.add_argument("--seed", type=int, help="noise seed (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=8, help="persons per batch through the networks (default: 8)")
     parser.add_argument("--device", help="'cpu', 'cuda', ... (default: CUDA if available)")
@@ -470,6 +473,7 @@ def run(args):
     sampling = model.config.sampling().replace(
         hypotheses=args.num_proposals, steps=args.timesteps, flip=False if args.no_flip_test else None,
         seed=args.seed, sampler=args.sampler, precision=args.precision)
+    sampling = sampling.replace(precision=resolve_precision(sampling.precision, model.device))
     options = dict(sampling=sampling, heatmap_decoding=args.heatmap_decoding)
     records, pending = [], []  # pending: (record, prepared person, image) not yet lifted
     lifted = [0]  # persons lifted so far, shown beside the images (one image may hold thousands)

@@ -7,7 +7,8 @@ noise with K DDIM steps; the mirrored view's hypotheses are un-flipped
 hypothesis; the root joint is set to 0; ``common.analysis.metrics.MetricAccumulator``
 scores them. The sampler, the autocast precision and torch.compile are
 options (``evaluation.sampler``, ``.precision``, ``.compile``; defaults: the
-paper's DDIM in fp32, eager), recorded in ``metrics.json``. The initial noise of a sample is seeded by its key, so the
+paper's DDIM in fp32, eager), recorded in ``metrics.json`` (``precision``: the one
+that ran, after "auto" is resolved for the device; ``precision_requested``: as configured). The initial noise of a sample is seeded by its key, so the
 predictions do not depend on the batch size or on the number of processes.
 """
 import json
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from common.run import distributed
 from common.model.checkpoints import load_snappose_weights
-from common.model.acceleration import compile_denoiser, prepare_backbone, run_backbone
+from common.model.acceleration import compile_denoiser, prepare_backbone, resolve_precision, run_backbone
 from common.run.config import config_to_dict, output_paths
 from common.data.loader import DEFAULT_SPLITS, build_loader
 from common.data.samples import device_images
@@ -226,6 +227,7 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     backbone, denoiser = cfg.networks(device, trust_checkpoint)
     checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
     e, sampling = cfg.evaluation, cfg.sampling()
+    sampling = sampling.replace(precision=resolve_precision(sampling.precision, device))
     prepare_backbone(backbone, sampling.precision)
     sampling_denoiser = compile_denoiser(denoiser, sampling.compile)
     loader = build_loader(urls, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
@@ -239,7 +241,8 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
                    split=split, num_shards=len(urls), num_proposals=e.num_proposals, timesteps=e.timesteps,
-                   flip_test=e.flip_test, sampler=e.sampler, precision=e.precision, compile=e.compile,
+                   flip_test=e.flip_test, sampler=e.sampler, precision=sampling.precision,
+                   precision_requested=e.precision, compile=e.compile,
                    skipped_samples=skipped)
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
