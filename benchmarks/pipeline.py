@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.sampling import PeakMemory, original_ddim
-from common.model.acceleration import PRECISIONS, compile_denoiser, prepare_backbone, run_backbone
+from common.model.acceleration import PRECISION_OPTIONS, compile_denoiser, prepare_backbone, resolve_precision, run_backbone
 from common.run.config import TrainConfig, load_config, output_paths
 from common.data.loader import build_loader
 from common.model.diffusion import SAMPLERS, sample
@@ -77,11 +77,18 @@ class Setting:
         """``SAMPLER:K:PRECISION[:compile|:reduce-overhead]`` -> Setting."""
         parts = text.split(":")
         if len(parts) not in (3, 4) or parts[0] not in SAMPLERS or not parts[1].isdigit() \
-                or parts[2] not in PRECISIONS or (len(parts) == 4 and parts[3] not in COMPILE_MODES):
+                or parts[2] not in PRECISION_OPTIONS or (len(parts) == 4 and parts[3] not in COMPILE_MODES):
             raise argparse.ArgumentTypeError(
                 f"expected SAMPLER:K:PRECISION[:compile|:reduce-overhead] with SAMPLER in {', '.join(SAMPLERS)} "
-                f"and PRECISION in {', '.join(PRECISIONS)}, e.g. dpm++:5:bf16:compile; got {text!r}")
+                f"and PRECISION in {', '.join(PRECISION_OPTIONS)}, e.g. dpm++:5:bf16:compile; got {text!r}")
         return cls(text, parts[0], int(parts[1]), parts[2], parts[3] if len(parts) == 4 else "")
+
+
+def resolve_setting(setting, device):
+    """``setting`` with "auto" turned into the precision it picks on ``device``; the name then says both."""
+    precision = resolve_precision(setting.precision, device)
+    name = f"{setting.name} ({precision})" if setting.precision == "auto" else setting.name
+    return dataclasses.replace(setting, name=name, precision=precision)
 
 
 class StageClock:
@@ -318,6 +325,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     fast = args.fast or [Setting.parse(text) for text in DEFAULT_FAST]
+    fast = [resolve_setting(s, device) for s in fast]
     settings = [s for s in (Setting("original", "original", args.steps), Setting("today", "ddim", args.steps))
                 if s.name not in args.skip] + fast
 
