@@ -127,11 +127,14 @@ class TrainConfig:
         first-epoch flip. Memory: 4 * sum(C_l h_l w_l) bytes per sample
         (0.74 MB at W32).
     context_cache: "off" (the original), "memory" or "disk": compute the
-        frozen context (pose token and context blocks, eval mode) of every
-        training sample and both its views once, before the first epoch, and
-        train every epoch from it without images or the backbone (see
-        ``common.run.context_cache``; needs the CA-PF weights). "disk" also keeps it
-        in ``<checkpoint>/context_cache.pt`` for resumed and repeated runs.
+        frozen context (pose token and context blocks) of every training sample
+        and both its views once, before the first epoch, and train every epoch
+        from it without images or the backbone (see ``common.run.context_cache``;
+        needs the CA-PF weights). "disk" also keeps it in ``<checkpoint>/context_cache/``
+        (one part per shard) for resumed, interrupted and repeated runs.
+    context_cache_draws: R, the contexts kept per sample and view. 0: the
+        eval-mode context, without the frozen blocks' stochastic depth; R >= 1:
+        R draws of it, one read per epoch (the recipe's law), R times the size.
     context_cache_dtype: "float32" (the loss of the uncached path) or
         "bfloat16" (half the size, rounded).
     """
@@ -151,6 +154,7 @@ class TrainConfig:
     checkpoint_minutes: float = 15.0
     cache_features: bool = False
     context_cache: str = "off"
+    context_cache_draws: int = 0
     context_cache_dtype: str = "float32"
 
 
@@ -403,6 +407,8 @@ def validate(cfg):
          "'off', 'memory' or 'disk'")
     need(t.context_cache_dtype in ("float32", "bfloat16"), "train.context_cache_dtype", t.context_cache_dtype,
          "'float32' or 'bfloat16'")
+    need(0 <= t.context_cache_draws <= 64, "train.context_cache_draws", t.context_cache_draws,
+         "an integer in [0, 64] (0: the eval-mode context)")
     e = cfg.evaluation
     need(e.num_proposals >= 1, "evaluation.num_proposals", e.num_proposals, "an integer >= 1")
     need(1 <= e.timesteps <= t.num_train_timesteps, "evaluation.timesteps", e.timesteps,

@@ -25,6 +25,7 @@ from common.run import distributed
 from common.model.checkpoints import load_snappose_weights
 from common.model.acceleration import compile_denoiser, prepare_backbone, resolve_precision, run_backbone
 from common.run.config import config_to_dict, output_paths
+from common.run.context_cache import describe_checkpoint
 from common.data.loader import DEFAULT_SPLITS, build_loader
 from common.data.samples import device_images
 from common.model.diffusion import sample as sample_poses
@@ -243,7 +244,7 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
                    split=split, num_shards=len(urls), num_proposals=e.num_proposals, timesteps=e.timesteps,
                    flip_test=e.flip_test, sampler=e.sampler, precision=sampling.precision,
                    precision_requested=e.precision, compile=e.compile,
-                   skipped_samples=skipped)
+                   skipped_samples=skipped, training_context=describe_checkpoint(checkpoint))
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
         named = metrics_file(paths.metrics, weights, split, cfg.dataset)

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from common.run import distributed
 from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
 from common.run.config import config_to_dict, output_paths, save_config
-from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
+from common.run.context_cache import (CachedContextDenoiser, check_config, context_diffusion_loss, describe_mode,
+                                      prepare_context_cache)
 from common.data.loader import build_loader
 from common.data.samples import device_images
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
@@ -115,20 +116,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
     if resume is not None and run.restore(resume):
         return run.paths.best if run.paths.best.is_file() else Path(resume)
     run.open(resume)
-    try:
-        with sigterm_as_interrupt():
-            while run.state.epoch < cfg.train.epochs:
-                epoch_loss, seconds = run.train_epoch()
-                line = run.end_epoch(epoch_loss, seconds)
-                if run.validation_due():
-                    line += run.validate()
-                run.save_epoch(line, epoch_loss)
-    except KeyboardInterrupt:
-        run.save_interrupted()
-        raise
-    finally:
-        run.close()
-    return run.paths.best if run.paths.best.is_file() else run.paths.latest
+    return run.fit()
 
 
 class TrainingRun:
@@ -165,6 +153,23 @@ class TrainingRun:
         self.pending_rng = None
         self.writer = None
         self.saver = _TimedSaver(cfg.train.checkpoint_minutes)
+
+    def fit(self):
+        """Train the remaining epochs (validating and saving as configured); returns the best or latest path."""
+        try:
+            with sigterm_as_interrupt():
+                while self.state.epoch < self.cfg.train.epochs:
+                    epoch_loss, seconds = self.train_epoch()
+                    line = self.end_epoch(epoch_loss, seconds)
+                    if self.validation_due():
+                        line += self.validate()
+                    self.save_epoch(line, epoch_loss)
+        except KeyboardInterrupt:
+            self.save_interrupted()
+            raise
+        finally:
+            self.close()
+        return self.paths.best if self.paths.best.is_file() else self.paths.latest
 
     def restore(self, path):
         """Continue from a checkpoint; True when it has already trained every epoch (nothing to do)."""
@@ -213,7 +218,8 @@ class TrainingRun:
         _log_line(paths.training_log, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} "
                                       f"{'resumed from ' + str(resume) if resume else 'started'}; "
                                       f"{self.world} process(es), device {self.device}, "
-                                      f"{sum(p.numel() for p in self.trainable)} trainable parameters")
+                                      f"{sum(p.numel() for p in self.trainable)} trainable parameters; "
+                                      f"{describe_mode(self.cfg.train.context_cache, self.cfg.train.context_cache_draws)}")
         log.info("training %s for %d epochs into %s", self.cfg.dataset, self.cfg.train.epochs, paths.checkpoint_dir)
 
     def _from_memory(self):
@@ -225,7 +231,7 @@ class TrainingRun:
         batch_size = self.cfg.data.batch_size
         order = epoch_generator(self.cfg.seed, epoch, self.rank)
         if self.context_cache is not None:
-            return self.context_cache.batches(batch_size, order, self.device), len(self.context_cache)
+            return self.context_cache.batches(batch_size, order, self.device, epoch), len(self.context_cache)
         if self.cache is not None and self.cache.complete:
             return self.cache.batches(batch_size, order), len(self.cache)
         self.loader.set_epoch(epoch)
