@@ -11,7 +11,8 @@ settings side by side in one process:
   every step, feature maps repeated per hypothesis; ``benchmarks.sampling.original_ddim``), K = 20, fp32;
 - ``today``: ``ddim_sample`` (context once per batch), K = 20, fp32: the paper's setting;
 - fast settings, ``--fast SAMPLER:K:PRECISION[:compile|:reduce-overhead]``
-  (default ``dpm++:5:bf16`` and ``dpm++:5:bf16:compile``).
+  (default ``dpm++:5:auto`` and ``dpm++:5:auto:compile``; "auto" runs as the precision
+  ``resolve_precision`` picks for the device, bf16 only where it is native).
 
 For each it prints images per second and the time split by stage: load (read,
 decode and crop; with ``--workers`` > 0, the time spent waiting for the
@@ -56,7 +57,7 @@ from common.model.networks import ModelConfig, build_model
 from common.synthetic.world import generate_dataset
 
 COMPILE_MODES = {"compile": None, "reduce-overhead": "reduce-overhead"}
-DEFAULT_FAST = ("dpm++:5:bf16", "dpm++:5:bf16:compile")
+DEFAULT_FAST = ("dpm++:5:auto", "dpm++:5:auto:compile")
 STAGES = ("load", "backbone", "context", "loop", "metrics")
 # Training variants: name -> the TrainConfig switch that turns the cache on (None: no cache).
 TRAINING_CACHES = {"no cache": None, "feature cache": "cache_features", "context cache": "context_cache"}

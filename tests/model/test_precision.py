@@ -97,3 +97,10 @@ def test_metrics_json_records_the_precision_that_ran_and_the_one_asked_for(tiny_
 
 def test_the_papers_evaluation_stays_fp32(tiny_config, tmp_path):
     assert tiny_config(tmp_path).evaluation.precision == "fp32"
+
+
+def test_inference_defaults_to_auto_while_evaluation_keeps_the_papers_fp32():
+    from common.infer.lifting import build_parser as inference_parser
+
+    assert inference_parser().parse_args(["photo.jpg"]).precision == "auto"
+    assert "evaluation.precision" not in overrides_from_args(build_parser("h36m").parse_args([]))
