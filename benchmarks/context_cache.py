@@ -21,7 +21,7 @@ mode, denoiser, AdamW) and one from the cache (denoiser and AdamW), taking
 turns, and the build's cost per sample for each R (decoding and the backbone
 once per view, the context blocks R times).
 
-    python -m benchmarks.context_cache speed -w webdataset/synthetic --batch-size 16 --rounds 4 --draws 0 1 4 8
+    python -m benchmarks.context_cache speed --batch-size 16 --rounds 4 --draws 0 1 4 8
 """
 import argparse
 import json
@@ -37,9 +37,8 @@ import torch
 from common.core.skeleton import flip_pose_3d
 from common.data.loader import build_loader, find_shards
 from common.model.checkpoints import CONTEXT_PREFIXES, load_snappose_weights
-from common.run.config import load_config, save_config
-from common.run.context_cache import (CachePart, cache_dir, compute_part, feature_batches, fingerprint,
-                                      part_path, part_specs)
+from common.pipeline.config import load_config, save_config
+from common.run.context_cache import cache_dir, compute_part, feature_batches, fingerprint, part_path, part_specs
 
 CPU = torch.device("cpu")
 DEMO_CONFIG = "config/synthetic_demo.yaml"
@@ -84,7 +83,7 @@ class SharedFeatures:
     def compute(cls, cfg, backbone, path):
         shards = []
         for url in find_shards(cfg.data.root, "train"):
-            loader = build_loader([url], cfg.dataset, train=False, batch_size=cfg.data.batch_size, uint8_crops=True)
+            loader = build_loader([url], cfg.dataset, train=False, batch_size=cfg.data.batch_size)
             batches = list(feature_batches(loader, backbone, CPU))
             shards.append({"features": [torch.cat([b["features"][level] for b in batches]) for level in range(4)],
                            **{name: torch.cat([b[name] for b in batches]) for name in ("keypoints", "ref", "pose")},
@@ -290,7 +289,8 @@ def build_parser():
     r.add_argument("--config", required=True)
     r.add_argument("--features", required=True)
     s = commands.add_parser("speed", help="full-size model: a step from images vs from the cache; build cost per R")
-    s.add_argument("-w", "--webdataset-path", default="webdataset/synthetic")
+    s.add_argument("-w", "--webdataset-path", default="webdataset/context_cache_benchmark",
+                   help="folder for full-frame synthetic shards (written once, reused after)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--rounds", type=int, default=4)
     s.add_argument("--draws", nargs="+", type=int, default=[0, 1, 4, 8])

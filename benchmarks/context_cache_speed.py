@@ -49,8 +49,8 @@ def step_times(root, args, backbone, denoiser, optimizer):
     """(seconds per step from images, per step from the cache), medians over the rounds, and all rounds."""
     scheduler = make_ddpm_scheduler(100)
     generator = torch.Generator().manual_seed(0)
-    loader = build_loader(root, "h36m", train=True, batch_size=args.batch_size, shuffle_buffer=0, uint8_crops=True)
-    eval_loader = build_loader(root, "h36m", train=False, batch_size=args.batch_size, split="train", uint8_crops=True)
+    loader = build_loader(root, "h36m", train=True, batch_size=args.batch_size, shuffle_buffer=0)
+    eval_loader = build_loader(root, "h36m", train=False, batch_size=args.batch_size, split="train")
     part = compute_part(feature_batches(eval_loader, backbone, CPU), denoiser)  # the cached contexts of one batch
     cached_inputs = {"context": part.context[:, 0, 0].float(), "pose": part.pose[:, 0]}
     cached_model = CachedContextDenoiser(denoiser)
@@ -67,7 +67,7 @@ def step_times(root, args, backbone, denoiser, optimizer):
 
 def build_costs(root, args, backbone, denoiser):
     """Seconds per sample of the build's parts: decoding, the backbone (both views), one context pass (both views)."""
-    loader = build_loader(root, "h36m", train=False, batch_size=args.batch_size, split="train", uint8_crops=True)
+    loader = build_loader(root, "h36m", train=False, batch_size=args.batch_size, split="train")
     batch, decode = _timed(lambda: next(iter(loader)))
     B = len(batch["key"])
     (features,), backbone_seconds = _timed(lambda: list(feature_batches([batch], backbone, CPU)))
@@ -82,7 +82,7 @@ def build_costs(root, args, backbone, denoiser):
 def speed(args):
     torch.set_num_threads(args.threads)
     root = Path(args.webdataset_path)
-    generate_dataset(root, "h36m", num_train=max(2 * args.batch_size, 32), num_test=8, progress=False)
+    generate_dataset(root, "h36m", num_train=max(2 * args.batch_size, 4), num_test=2, progress=False)
     backbone, denoiser, optimizer = _networks()
     print(f"CPU, {torch.get_num_threads()} thread(s); torch {torch.__version__}; full-size model, batch "
           f"{args.batch_size}, {args.rounds} rounds taking turns", flush=True)

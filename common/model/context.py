@@ -12,9 +12,9 @@ the 192x256 crop (crop pixels / (96, 128) - 1), grid-sampled with
 """
 import math
 
-from einops import rearrange
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 

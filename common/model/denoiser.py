@@ -17,7 +17,7 @@ Two halves (names in brackets are state-dict prefixes, as in the released
 
 Hypotheses (B, H, 1, J, 3) share their sample's context: ``denoise`` expands
 the context over them instead of recomputing it, which is what makes
-``common.model.diffusion.ddim_sample`` cheap.
+``common.model.samplers.sample`` cheap.
 
 Modes: stochastic depth (rates linspace(0, drop_path_rate, depth) by block
 index, in the context, res and joint blocks alike) acts only in ``train()``
@@ -27,13 +27,13 @@ mode like every other layer, as in the original training.
 """
 import math
 
-from einops import rearrange, repeat
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
-from common.model.context import DeformableContextBlock, DropPath, Mlp, sample_features
 from common.core.skeleton import NUM_JOINTS
+from common.model.context import DeformableContextBlock, DropPath, Mlp, sample_features
 
 NUM_CONTEXT_TOKENS = 5  # pose token + 4 levels
 CONTEXT_PREFIXES = ("coord_embed.", "feat_embed.", "Spatial_pos_embed", "context_blocks.")

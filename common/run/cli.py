@@ -13,11 +13,12 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.run import distributed
+from common.core.errors import ConfigError
 from common.model.acceleration import PRECISION_OPTIONS
-from common.run.config import ConfigError, load_config, output_paths
-from common.run.runlock import RunLockError, check_output_dir, run_lock
 from common.model.samplers import SAMPLERS
+from common.pipeline.config import load_config, output_paths
+from common.run import distributed
+from common.run.runlock import RunLockError, check_output_dir, run_lock
 
 DATASET_TITLES = {"h36m": "Human3.6M", "mpi": "MPI-INF-3DHP"}
 
@@ -216,8 +217,8 @@ def main(dataset, argv=None):
                             f"--save-predictions (or the config) names, and not also to {saved}")
 
     # Imported here so that --help and configuration errors answer without loading the model code.
-    from common.model.checkpoints import CheckpointError
     from common.data.samples import ShardDataError
+    from common.model.checkpoints import CheckpointError
     from common.run.evaluation import evaluate
     from common.run.training import TrainingDivergedError, train
 

@@ -56,14 +56,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.run.config import ConfigError
+from common.core.errors import ConfigError
+from common.core.files import atomic_write, remove_orphaned_temporaries
+from common.core.skeleton import flip_pose_3d
 from common.data.counts import count_samples, process_share
 from common.data.loader import ShardPlan, build_loader, find_shards, sample_quota
 from common.data.samples import device_images
 from common.model.denoiser import CONTEXT_PREFIXES
 from common.model.diffusion import epsilon_loss
-from common.core.files import atomic_write, remove_orphaned_temporaries
-from common.core.skeleton import flip_pose_3d
 from common.run.context_draws import batch_keep_decisions, epoch_draws, key_hashes
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,9 @@ def check_config(cfg):
     if cfg.train.cache_features:
         problems.append("train.cache_features is true as well; the context cache already skips the images and "
                         "the backbone and keeps 17x less per sample, so set train.cache_features: false")
-    if cfg.train.context_cache_draws and cfg.model.drop_path_rate == 0:
+    if cfg.train.context_cache_draws > 1 and cfg.model.drop_path_rate == 0:
         log.warning("train.context_cache_draws is %d but model.drop_path_rate is 0: every draw is the same "
-                    "context; train.context_cache_draws: 0 keeps one", cfg.train.context_cache_draws)
+                    "context; train.context_cache_draws: 1 keeps one", cfg.train.context_cache_draws)
     if problems:
         raise ConfigError(f"train.context_cache: {cfg.train.context_cache} cannot be used: "
                           + "; ".join(problems) + ". Otherwise set train.context_cache: off.")
@@ -272,7 +272,7 @@ def feature_batches(loader, backbone, device):
     """
     for batch in loader:
         with torch.no_grad():
-            features = backbone(device_images(batch, device).flatten(0, 1))
+            features = backbone(device_images(batch, device, test=True).flatten(0, 1))
         yield {"features": features, "keypoints": batch["keypoints_2d"].to(device).flatten(0, 1)[:, None],
                "ref": batch["ref"].to(device).flatten(0, 1), "pose": batch["keypoints_3d"], "keys": batch["key"]}
 
@@ -428,7 +428,7 @@ class _Budget:
 def _build_loader(cfg, spec, limit):
     return build_loader([spec.url], cfg.dataset, train=False, batch_size=cfg.data.batch_size,
                         num_workers=cfg.data.num_workers, max_samples=limit, skip_bad=cfg.data.skip_bad,
-                        seed=cfg.seed, rank=spec.rank, world_size=spec.world_size, uint8_crops=True)
+                        seed=cfg.seed, rank=spec.rank, world_size=spec.world_size)
 
 
 def _progress_bar(cfg, shards, rank, world_size, progress):

@@ -21,8 +21,8 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,17 +30,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.run import distributed
-from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
-from common.run.config import config_to_dict, output_paths, save_config
-from common.run.context_cache import (CachedContextDenoiser, check_config, context_diffusion_loss, describe_mode,
-                                      prepare_context_cache)
+from common.data.counts import samples_per_pass
 from common.data.loader import build_loader
 from common.data.samples import device_images
-from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
-from common.run.evaluation import run_evaluation
-from common.data.counts import samples_per_pass
 from common.data.splits import evaluation_shards
+from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
+from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import config_to_dict, output_paths, save_config
+from common.run import distributed
+from common.run.context_cache import (
+    CachedContextDenoiser,
+    check_config,
+    context_diffusion_loss,
+    describe_mode,
+    prepare_context_cache,
+)
+from common.run.evaluation import run_evaluation
 from common.run.feature_cache import FeatureCache
 from common.run.seeding import epoch_generator, rng_state, seed_everything, set_rng_state
 
@@ -198,14 +204,13 @@ class TrainingRun:
         self.scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
         self.loader = build_loader(data.root, cfg.dataset, train=True, batch_size=data.batch_size,
                                    num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
-                                   max_samples=data.max_train_samples, skip_bad=data.skip_bad, seed=cfg.seed,
-                                   uint8_crops=True)
+                                   max_samples=data.max_train_samples, skip_bad=data.skip_bad, seed=cfg.seed)
         self.val_loader = None
         if cfg.train.validate_every:
             self.val_loader = build_loader(self.val_shards, cfg.dataset, train=False,
                                            batch_size=data.eval_batch_size, num_workers=data.num_workers,
                                            max_samples=data.max_eval_samples, skip_bad=data.skip_bad,
-                                           seed=cfg.seed, uint8_crops=True)
+                                           seed=cfg.seed)
         self.cache = FeatureCache() if cfg.train.cache_features else None
         if self.main:
             self._open_outputs(resume)
@@ -319,8 +324,9 @@ class TrainingRun:
     def validate(self):
         """Evaluate on the validation split, save ``best_<dataset>.bin`` if better; returns the log line's part."""
         cfg, state = self.cfg, self.state
-        summary, _ = run_evaluation(self.backbone, self.denoiser, self.val_loader, cfg.dataset,
-                                    cfg.validation_sampling(), desc=f"validate {state.epoch}")
+        self.denoiser.eval()  # train_epoch puts it back in train mode
+        pipeline = SnapPosePipeline(self.backbone, self.denoiser, cfg.validation_sampling(), self.device, cfg)
+        summary, _ = run_evaluation(pipeline, self.val_loader, cfg.dataset, desc=f"validate {state.epoch}")
         summary = summary.summary()
         value = summary[BEST_METRIC]
         line = f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
@@ -378,7 +384,7 @@ class TrainingRun:
 
 def _prepare(batch, backbone, device):
     """A loader batch -> the denoiser's training inputs, with the frozen backbone's features."""
-    images = device_images(batch, device)
+    images = device_images(batch, device, test=False)
     with torch.no_grad():
         features = backbone(images)
     return {"features": features,

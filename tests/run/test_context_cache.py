@@ -12,15 +12,16 @@ from model_fixtures import assert_same_weights, fail_at_train_step, single_threa
 
 import common.run.context_cache as context_cache
 import common.run.context_draws as context_draws
-from common.core.files import DiskFullError
 import common.run.training as training
-from common.run.seeding import epoch_generator
-from common.model.checkpoints import CONTEXT_PREFIXES, load_context_weights, read_checkpoint
-from common.run.cli import build_parser, overrides_from_args
-from common.run.config import ConfigError, output_paths
+from common.core.errors import ConfigError
+from common.core.files import DiskFullError
 from common.data.loader import build_loader
+from common.model.checkpoints import CONTEXT_PREFIXES, load_context_weights, read_checkpoint
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.model.networks import build_model
+from common.pipeline.config import output_paths
+from common.run.cli import build_parser, overrides_from_args
+from common.run.seeding import epoch_generator
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -407,8 +408,9 @@ def test_two_processes_train_from_their_own_disk_caches(cached_config, tiny_shar
     import subprocess
     import sys
 
-    from common.run.config import save_config
     from conftest import REPO_ROOT
+
+    from common.pipeline.config import save_config
 
     cfg = cached_config(tmp_path / "unused", train__context_cache="disk", train__epochs=2)
     config = str(save_config(cfg, tmp_path / "tiny.yaml"))
