@@ -11,7 +11,7 @@ from common.model.acceleration import PRECISION_OPTIONS, PRECISIONS, native_prec
 from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
 from common.run.cli import build_parser, overrides_from_args
-from common.run.config import output_paths
+from common.pipeline.config import output_paths
 from common.run.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -91,8 +91,21 @@ def test_metrics_json_records_the_precision_that_ran_and_the_one_asked_for(tiny_
     summary = evaluate(cfg, weights, device=CPU)
     saved = json.loads(output_paths(cfg).metrics.read_text())
     for record in (summary, saved["metrics"]):
-        assert (record["precision"], record["precision_requested"]) == (expected, "auto")
+        assert (record["sampling"]["precision"], record["precision_requested"]) == (expected, "auto")
     assert saved["config"]["evaluation"]["precision"] == "auto"
+
+
+@pytest.mark.parametrize("capabilities, expected", [(AVX2_ONLY, "fp32"), (AVX512_BF16, "bf16")])
+def test_the_pipeline_resolves_auto_for_its_device(cpu_flags, capabilities, expected):
+    from common.model.samplers import SamplingConfig
+    from common.pipeline import SnapPosePipeline
+    from common.model.networks import ModelConfig
+
+    cpu_flags(capabilities)
+    backbone, denoiser = build_model(ModelConfig(backbone_width=8, backbone_stem_width=16, embed_dim=32,
+                                                 res_depth=1, joint_depth=1))
+    pipeline = SnapPosePipeline(backbone.eval(), denoiser.eval(), SamplingConfig(precision="auto"), device="cpu")
+    assert pipeline.sampling.precision == expected
 
 
 def test_the_papers_evaluation_stays_fp32(tiny_config, tmp_path):
@@ -100,7 +113,7 @@ def test_the_papers_evaluation_stays_fp32(tiny_config, tmp_path):
 
 
 def test_inference_defaults_to_auto_while_evaluation_keeps_the_papers_fp32():
-    from common.infer.lifting import build_parser as inference_parser
+    from common.infer.cli import build_parser as inference_parser
 
     assert inference_parser().parse_args(["photo.jpg"]).precision == "auto"
     assert "evaluation.precision" not in overrides_from_args(build_parser("h36m").parse_args([]))
