@@ -10,7 +10,7 @@ Both are options of evaluation and inference (``evaluation.precision``,
   the bf16 kernels (channels-last alone, in fp32, is slower on a CPU).
   "auto" (``resolve_precision``) picks bf16 where the device computes it
   natively and fp32 elsewhere: a CPU without AVX512-BF16 or AMX emulates
-  bfloat16, and there bf16 sampling took about 7x the time of fp32.
+  bfloat16, and there bf16 sampling took about 8x the time of fp32.
 - ``compile``: the denoising step (``denoiser.denoise``, called K times per
   batch) goes through ``torch.compile``; the context and the backbone, run once
   per batch, stay eager. On a CPU, compiling needs a C++ compiler and takes
@@ -101,7 +101,7 @@ def resolve_precision(precision, device):
     if device.type == "cpu" and not native_precision(precision, device):
         flags = " or ".join(flag.upper().replace("_", "-") for flag in NATIVE_CPU_FLAGS[precision])
         log.warning("precision %s on a CPU without %s: the CPU emulates it, which is slower than fp32 "
-                    "(bf16 sampling took about 7x the time of fp32 on such a CPU); --precision auto or fp32 "
+                    "(bf16 sampling took about 8x the time of fp32 on such a CPU); --precision auto or fp32 "
                     "is faster here", precision, flags)
     return precision
 
