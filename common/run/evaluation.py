@@ -8,7 +8,8 @@ hypothesis; the root joint is set to 0; ``common.analysis.metrics.MetricAccumula
 scores them. The sampler, the autocast precision and torch.compile are
 options (``evaluation.sampler``, ``.precision``, ``.compile``; defaults: the
 paper's DDIM in fp32, eager), recorded in ``metrics.json`` (``sampling.precision``: the
-one that ran, after "auto" is resolved for the device; ``precision_requested``: as configured). The initial noise of a sample is seeded by its key, so the
+one that ran, after "auto" is resolved for the device; ``precision_requested``: as
+configured). The initial noise of a sample is seeded by its key, so the
 predictions do not depend on the batch size or on the number of processes.
 """
 import dataclasses

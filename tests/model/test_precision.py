@@ -9,9 +9,11 @@ from model_fixtures import single_thread  # noqa: F401
 from common.model import acceleration
 from common.model.acceleration import PRECISION_OPTIONS, PRECISIONS, native_precision, resolve_precision
 from common.model.checkpoints import save_checkpoint
-from common.model.networks import build_model
-from common.run.cli import build_parser, overrides_from_args
+from common.model.networks import ModelConfig, build_model
+from common.model.samplers import SamplingConfig
+from common.pipeline import SnapPosePipeline
 from common.pipeline.config import output_paths
+from common.run.cli import build_parser, overrides_from_args
 from common.run.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -97,10 +99,6 @@ def test_metrics_json_records_the_precision_that_ran_and_the_one_asked_for(tiny_
 
 @pytest.mark.parametrize("capabilities, expected", [(AVX2_ONLY, "fp32"), (AVX512_BF16, "bf16")])
 def test_the_pipeline_resolves_auto_for_its_device(cpu_flags, capabilities, expected):
-    from common.model.samplers import SamplingConfig
-    from common.pipeline import SnapPosePipeline
-    from common.model.networks import ModelConfig
-
     cpu_flags(capabilities)
     backbone, denoiser = build_model(ModelConfig(backbone_width=8, backbone_stem_width=16, embed_dim=32,
                                                  res_depth=1, joint_depth=1))
