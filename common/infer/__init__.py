@@ -6,6 +6,7 @@
 
 May import every package but ``common.synthetic``.
 """
+from common.infer.inputs import InputError
 from common.infer.lifting import LiftingModel, LiftResult, lift, load_model
 
-__all__ = ["LiftResult", "LiftingModel", "lift", "load_model"]
+__all__ = ["InputError", "LiftResult", "LiftingModel", "lift", "load_model"]

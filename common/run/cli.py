@@ -13,6 +13,7 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.core.layout import find_released
 from common.run import distributed
 from common.model.acceleration import PRECISIONS
 from common.run.config import ConfigError, load_config, output_paths
@@ -103,7 +104,7 @@ def build_parser(dataset):
     new.add_argument("--val-proposals", type=int, metavar="H", help="hypotheses during validation")
     new.add_argument("--sampler", choices=SAMPLERS,
                      help="sampler at evaluation (default: ddim, the paper's; dpm++ or unipc at -timesteps 5 "
-                          "match it in a quarter of the steps, see README 'Faster evaluation')")
+                          "match it in a quarter of the steps, see docs/evaluation.md, 'Faster evaluation')")
     new.add_argument("--precision", choices=PRECISIONS,
                      help="autocast precision of backbone and denoiser at evaluation (default: fp32)")
     new.add_argument("--compile", action="store_true", default=None,
@@ -144,11 +145,15 @@ def overrides_from_args(args):
 
 
 def resolve_checkpoint_file(name, checkpoint_dir, flag):
-    """A file given to --evaluate / --resume: an existing path, else a name inside ``checkpoint_dir``."""
+    """A file given to --evaluate / --resume: an existing path, else a name inside ``checkpoint_dir``.
+
+    A released file missing from a released folder is also looked for where older
+    instructions put it (``common.core.layout.find_released``), with a note.
+    """
     path = Path(name)
     if path.is_file():
         return path
-    inside = Path(checkpoint_dir) / name
+    inside = find_released(Path(checkpoint_dir) / name)
     if inside.is_file():
         return inside
     folder = next((p for p in (path, inside) if p.is_dir()), None)
