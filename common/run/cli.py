@@ -247,3 +247,13 @@ def main(dataset, argv=None):
     finally:
         distributed.cleanup_distributed()
     return 0
+
+
+def h36m(argv=None):
+    """``snappose-train-h36m``: the command line of ``main_diffusers_h36m.py``."""
+    return main("h36m", argv)
+
+
+def mpi(argv=None):
+    """``snappose-train-mpi``: the command line of ``main_diffusers_mpi.py``."""
+    return main("mpi", argv)
