@@ -29,7 +29,7 @@ from doc_helpers import PYTHONS, REPO_ROOT, words
 
 # commands that run on to the seeded layout instead of stopping after their flags
 DEEP = ("main_diffusers_h36m.py", "main_diffusers_mpi.py", "common.infer",
-        "common.run.cli:h36m", "common.run.cli:mpi", "common.infer.lifting:main")
+        "common.run.cli:h36m", "common.run.cli:mpi", "common.infer.cli:main")
 PLACEHOLDER_FOLDERS = ("WDS_PATH",)
 TIME_CAP_S = 60
 # what the documented runs write, which later documented commands read (resume, the demo's model)
@@ -79,7 +79,7 @@ def _stop_training_or_evaluation(cfg, *args, **kwargs):
 
 
 def _stop_inference(args):
-    """Stand-in of ``common.infer.lifting.run``: the checkpoint (and backbone file, if named) must be there."""
+    """Stand-in of ``common.infer.cli.run``: the checkpoint (and backbone file, if named) must be there."""
     missing = _missing([args.checkpoint, args.backbone_weights])
     raise Reached(f"missing: {', '.join(missing)}" if missing else "")
 
@@ -144,12 +144,12 @@ def dry_run(command, cwd, deep=True, partial=False):
         monkeypatch.setattr(sys, "argv", [name, *arguments])
         logging.getLogger("snappose").addHandler(handler)
         if deep:
-            import common.infer.lifting
+            import common.infer.cli
             import common.run.evaluation
             import common.run.training
             monkeypatch.setattr(common.run.evaluation, "evaluate", _stop_training_or_evaluation)
             monkeypatch.setattr(common.run.training, "train", _stop_training_or_evaluation)
-            monkeypatch.setattr(common.infer.lifting, "run", _stop_inference)
+            monkeypatch.setattr(common.infer.cli, "run", _stop_inference)
         else:
             _stop_after_parsing(monkeypatch, partial)
         signal.signal(signal.SIGALRM, _too_long)

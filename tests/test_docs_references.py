@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from common.core import layout
-from common.run.config import Config
+from common.pipeline.config import Config
 from doc_helpers import PAGES, REPO_ROOT, blocks, inline_code, prose
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -90,7 +90,7 @@ def _config_key(key):
 
 def test_config_keys_exist():
     """``train.lr``, ``evaluation.sampler: ...``; keys of the original's format must be ones its reader knows."""
-    original = (REPO_ROOT / "common" / "run" / "original_config.py").read_text()
+    original = (REPO_ROOT / "common" / "pipeline" / "original_config.py").read_text()
     wrong = []
     for page in PAGES:
         for span in inline_code(page):
