@@ -107,8 +107,8 @@ def _target(argv):
         while rest and rest[0].startswith("-"):
             rest = rest[1:] if "=" in rest[0] else rest[2:]
         return "script", rest[0], rest[1:]
-    if argv[0] in PYTHONS:
-        if argv[1] == "-m":
+    if argv[0] in PYTHONS and len(argv) > 1:
+        if argv[1] == "-m" and len(argv) > 2:
             return "module", argv[2], argv[3:]
         return "script", argv[1], argv[2:]
     if argv[0] in console_scripts():

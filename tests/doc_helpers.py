@@ -135,9 +135,20 @@ def tables(page):
         under = " ".join(under)
         table = Table(page, start + 1, [rows[0], *rows[2:]], marker, under)
         table.commands = [c for c in re.findall(r"`([^`]+)`", " ".join(" ".join(r) for r in table.rows) + " " + under)
-                          if is_command(" ".join(c.split()))]
+                          if is_command(" ".join(c.split()))] + _block_right_above(lines, start)
         found.append(table)
     return found
+
+
+def _block_right_above(lines, start):
+    """The commands of a fenced shell block that ends right above line ``start`` (blank lines between)."""
+    j = start - 1
+    while j >= 0 and not lines[j].strip():
+        j -= 1
+    if j < 0 or lines[j].strip() != "```":
+        return []
+    opening = max(i for i in range(j) if lines[i].strip().startswith("```"))
+    return [c for c in commands("\n".join(l.strip() for l in lines[opening + 1:j])) if is_command(c)]
 
 
 def has_numbers(table):
