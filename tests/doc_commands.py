@@ -23,9 +23,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from doc_helpers import PYTHONS, REPO_ROOT, words
 
 from common.core import layout
-from doc_helpers import PYTHONS, REPO_ROOT, words
 
 # commands that run on to the seeded layout instead of stopping after their flags
 DEEP = ("main_diffusers_h36m.py", "main_diffusers_mpi.py", "common.infer",

@@ -67,7 +67,7 @@ def blocks(page):
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```"))
         marker, reason = _marker_before(lines, i)
-        found.append(Block(page, i + 1, opening.group(1), "\n".join(l.strip() for l in lines[i + 1:end]),
+        found.append(Block(page, i + 1, opening.group(1), "\n".join(line.strip() for line in lines[i + 1:end]),
                            marker, reason))
         i = end + 1
     return found
@@ -148,7 +148,7 @@ def _block_right_above(lines, start):
     if j < 0 or lines[j].strip() != "```":
         return []
     opening = max(i for i in range(j) if lines[i].strip().startswith("```"))
-    return [c for c in commands("\n".join(l.strip() for l in lines[opening + 1:j])) if is_command(c)]
+    return [c for c in commands("\n".join(line.strip() for line in lines[opening + 1:j])) if is_command(c)]
 
 
 def has_numbers(table):

@@ -4,7 +4,6 @@ of measured numbers (``doc_commands.dry_run``; the markers: ``doc_helpers``)."""
 import re
 
 import pytest
-
 from doc_commands import dry_run, seed_layout
 from doc_helpers import MARKERS, PAGES, commands, has_numbers, inline_code, is_command, shell_blocks, tables
 

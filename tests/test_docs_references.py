@@ -9,10 +9,10 @@ import re
 import subprocess
 
 import pytest
+from doc_helpers import PAGES, REPO_ROOT, blocks, inline_code, prose
 
 from common.core import layout
 from common.pipeline.config import Config
-from doc_helpers import PAGES, REPO_ROOT, blocks, inline_code, prose
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 # A reference page that says this reads as a changelog; the history belongs in CHANGELOG.md.

@@ -61,7 +61,9 @@ def test_dependencies_are_the_pinned_requirements():
     project = pyproject()
     assert "dependencies" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"] == ["requirements.txt"]
-    pins = lambda text: {line.strip() for line in text.splitlines() if re.match(r"^[\w.-]+==", line.strip())}
+
+    def pins(text):
+        return {line.strip() for line in text.splitlines() if re.match(r"^[\w.-]+==", line.strip())}
     # requirements-dev.txt also pins setuptools, which builds the package here and is no extra
     dev = {p for p in pins((REPO_ROOT / "requirements-dev.txt").read_text()) if not p.startswith("setuptools==")}
     assert set(project["project"]["optional-dependencies"]["dev"]) == dev

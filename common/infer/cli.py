@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common.core.errors import ConfigError
-from common.core.layout import SNAPPOSE_WEIGHTS, find_released
 from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
+from common.core.layout import SNAPPOSE_WEIGHTS, find_released
 from common.core.skeleton import JOINT_NAMES
 from common.infer.api import load_model
 from common.infer.inputs import (

@@ -8,8 +8,8 @@ import pytest
 from common.core import layout
 from common.core.layout import find_released
 from common.infer.cli import build_parser as infer_parser
-from common.run.cli import resolve_checkpoint_file
 from common.pipeline.config import load_config
+from common.run.cli import resolve_checkpoint_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
