@@ -40,7 +40,7 @@ from common.infer.inputs import (
 from common.infer.keypoints import HEATMAP_DECODERS
 from common.infer.lifting import lift_people
 from common.infer.person import MissingJointsError, prepare_person
-from common.model.acceleration import PRECISIONS
+from common.model.acceleration import PRECISION_OPTIONS, resolve_precision
 from common.model.checkpoints import CheckpointError
 from common.model.samplers import SAMPLERS
 
@@ -80,8 +80,9 @@ def build_parser():
     parser.add_argument("--no-flip-test", action="store_true", help="lift the original view only")
     parser.add_argument("--sampler", choices=SAMPLERS,
                         help="sampler (default: the config's, ddim as in the paper; see docs/evaluation.md, Faster evaluation)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="autocast precision of backbone and denoiser (default: the config's, fp32)")
+    parser.add_argument("--precision", choices=PRECISION_OPTIONS, default="auto",
+                        help="autocast precision of backbone and denoiser (default: auto, bf16 where the device "
+                             "computes it natively, else fp32; fp32 is the paper's)")
     parser.add_argument("--seed", type=int, help="noise seed (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=8, help="persons per batch through the networks (default: 8)")
     parser.add_argument("--device", help="'cpu', 'cuda', ... (default: CUDA if available)")
@@ -161,6 +162,8 @@ def run(args):
     sampling = model.config.sampling().replace(
         hypotheses=args.num_proposals, steps=args.timesteps, flip=False if args.no_flip_test else None,
         seed=args.seed, sampler=args.sampler, precision=args.precision)
+    # Resolved once here, so that "auto" is decided (and logged) once, not for every batch.
+    sampling = sampling.replace(precision=resolve_precision(sampling.precision, model.pipeline.device))
     options = dict(sampling=sampling, heatmap_decoding=args.heatmap_decoding)
     records, pending = [], []  # pending: (record, prepared person, image) not yet lifted
     lifted = [0]  # persons lifted so far, shown beside the images (one image may hold thousands)
