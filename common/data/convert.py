@@ -514,6 +514,14 @@ def _format_counts(per_subject_action):
     return "\n".join(lines)
 
 
+def subject_number(text):
+    """A subject as the command line gives it, ``S9``, ``s9`` or ``9`` -> 9."""
+    digits = text[1:] if text[:1] in ("S", "s") else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a subject: give S1, S5, ... or 1, 5, ...")
+    return int(digits)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m common.convert", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -528,7 +536,8 @@ def main(argv=None):
     h36m.add_argument("--images", required=True, help="H36M-Toolbox images/ folder")
     h36m.add_argument("--out", required=True, help="output folder, e.g. webdataset/Human36m/train")
     h36m.add_argument("--split", choices=SPLITS, help="default: from the label file name")
-    h36m.add_argument("--subjects", type=int, nargs="+", help="default: the split's subjects")
+    h36m.add_argument("--subjects", type=subject_number, nargs="+", metavar="SUBJECT",
+                      help="subjects to keep, as S9 or 9 (default: the split's subjects)")
     h36m.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
                       help="shuffle across shards (default: train only)")
     h36m.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default: %(default)s)")

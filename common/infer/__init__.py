@@ -15,6 +15,7 @@ and ``common.pipeline``; never ``common.run`` (training and evaluation runs) or
 ``common.synthetic``.
 """
 from common.infer.api import LiftingModel, lift, load_model
+from common.infer.inputs import InputError
 from common.infer.lifting import LiftResult
 
-__all__ = ["LiftResult", "LiftingModel", "lift", "load_model"]
+__all__ = ["InputError", "LiftResult", "LiftingModel", "lift", "load_model"]

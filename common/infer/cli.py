@@ -1,6 +1,6 @@
 """The command line of inference: lift the people in images, folders of frames or videos to 3D.
 
-    python -m common.infer photo.jpg --checkpoint checkpoint/best_h36m.bin --visualize
+    python -m common.infer photo.jpg --checkpoint checkpoint/human36m/best_h36m.bin --visualize
     python -m common.infer frames/ --keypoints detections.json --out results
     python -m common.infer clip.mp4 --bbox 120 40 200 420 --animate
 
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from common.core.errors import ConfigError
 from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
+from common.core.layout import SNAPPOSE_WEIGHTS, find_released
 from common.core.skeleton import JOINT_NAMES
 from common.infer import motion
 from common.infer.api import load_model
@@ -52,7 +53,8 @@ def build_parser():
         prog="python -m common.infer", allow_abbrev=False,
         description="Lift the people in an image, a folder of images or a video to 3D with a SnapPose checkpoint.")
     parser.add_argument("input", help="image file, folder of images, or video (GIF; mp4 and others need PyAV)")
-    parser.add_argument("--checkpoint", default="checkpoint/best_h36m.bin", help="SnapPose checkpoint (default: checkpoint/best_h36m.bin)")
+    parser.add_argument("--checkpoint", default=SNAPPOSE_WEIGHTS["h36m"],
+                        help=f"SnapPose checkpoint (default: {SNAPPOSE_WEIGHTS['h36m']}, the released layout)")
     parser.add_argument("--config", help="run configuration (default: the one stored with the checkpoint, "
                                          "else the released model's)")
     parser.add_argument("--backbone-weights", metavar="FILE",
@@ -63,7 +65,7 @@ def build_parser():
     parser.add_argument("--out", default="inference_output", help="folder for JSON, npz, figures and animation (default: inference_output)")
     parser.add_argument("--bbox", type=float, nargs=4, metavar=("X", "Y", "W", "H"),
                         help="person box in pixels, for every image (default: whole image)")
-    parser.add_argument("--boxes", metavar="FILE.json", help="person boxes per image (formats: README)")
+    parser.add_argument("--boxes", metavar="FILE.json", help="person boxes per image (formats: docs/inference.md)")
     parser.add_argument("--keypoints", metavar="FILE",
                         help="2D keypoints per image, JSON (COCO, MMPose, ...) or npz (default: the backbone's heatmaps)")
     parser.add_argument("--keypoint-format", choices=KEYPOINT_FORMATS, default="coco",
@@ -78,7 +80,7 @@ def build_parser():
                         help="DDIM steps (default: the config's, 20)")
     parser.add_argument("--no-flip-test", action="store_true", help="lift the original view only")
     parser.add_argument("--sampler", choices=SAMPLERS,
-                        help="sampler (default: the config's, ddim as in the paper; see README, Faster evaluation)")
+                        help="sampler (default: the config's, ddim as in the paper; see docs/evaluation.md, Faster evaluation)")
     parser.add_argument("--precision", choices=PRECISION_OPTIONS, default="auto",
                         help="autocast precision of backbone and denoiser (default: auto, bf16 where the device "
                              "computes it natively, else fp32; fp32 is the paper's)")
@@ -267,6 +269,7 @@ def main(argv=None):
     if args.batch_size < 1 or args.every < 1:
         parser.error("--batch-size and --every must be at least 1")
     motion.check_arguments(parser, args)
+    args.checkpoint = str(find_released(args.checkpoint))
     try:
         records, written = run(args)
     except (InputError, CheckpointError, ConfigError, FileNotFoundError, DiskFullError) as error:

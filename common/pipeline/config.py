@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from common.core import layout
 from common.core.errors import ConfigError
 from common.core.skeleton import DATASETS
 from common.model.acceleration import PRECISION_OPTIONS
@@ -32,17 +33,13 @@ from common.model.networks import ModelConfig, build_networks
 from common.model.samplers import SAMPLERS, SamplingConfig
 from common.pipeline import original_config
 
-# Searched in this order when weights.backbone is null: this project's place, then
-# the one of the original README and code (checkpoint/posehrnet/).
-DEFAULT_BACKBONE_WEIGHTS = ("checkpoint/pose_hrnet_w32_256x192.pth",
-                            "checkpoint/posehrnet/pose_hrnet_w32_256x192.pth")
-DEFAULT_CONTEXT_WEIGHTS = {
-    "h36m": "checkpoint/human36m_nips_retrain.bin",
-    "mpi": "checkpoint/mpi-inf_nips_retrain.bin",
-}
+# The released layout (common.core.layout). Searched in this order when weights.backbone is
+# null: this project's place, then the one of the original README and code (checkpoint/posehrnet/).
+DEFAULT_BACKBONE_WEIGHTS = (layout.BACKBONE_WEIGHTS, layout.ORIGINAL_BACKBONE_WEIGHTS)
+DEFAULT_CONTEXT_WEIGHTS = layout.CONTEXT_WEIGHTS
 # Used where a config leaves data.root / checkpoint null, so that one file serves both entry scripts.
-DEFAULT_DATA_ROOTS = {"h36m": "webdataset/Human36m", "mpi": "webdataset/mpi_inf_3dhp"}
-DEFAULT_CHECKPOINT_DIRS = {"h36m": "checkpoint/human36m", "mpi": "checkpoint/mpi-inf-3dhpe"}
+DEFAULT_DATA_ROOTS = layout.DATA_ROOTS
+DEFAULT_CHECKPOINT_DIRS = layout.CHECKPOINT_DIRS
 
 
 @dataclass

@@ -4,7 +4,7 @@ The one object that applies the model. Evaluation, validation during training,
 inference on people's images, the demo and the benchmarks all call it, and none
 of them re-implements its steps::
 
-    pipeline = SnapPosePipeline.from_pretrained("checkpoint/best_h36m.bin")
+    pipeline = SnapPosePipeline.from_pretrained("checkpoint/human36m/best_h36m.bin")
     hypotheses = pipeline(batch)  # (B, H, 17, 3) metres, root-relative
 
 The stages are methods, so a benchmark can time each one:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common.core.errors import ConfigError
+from common.core.layout import find_released
 from common.model.acceleration import PRECISION_OPTIONS
 from common.model.samplers import SAMPLERS
 from common.pipeline.config import load_config, output_paths
@@ -105,7 +106,7 @@ def build_parser(dataset):
     new.add_argument("--val-proposals", type=int, metavar="H", help="hypotheses during validation")
     new.add_argument("--sampler", choices=SAMPLERS,
                      help="sampler at evaluation (default: ddim, the paper's; dpm++ or unipc at -timesteps 5 "
-                          "match it in a quarter of the steps, see README 'Faster evaluation')")
+                          "match it in a quarter of the steps, see docs/evaluation.md, 'Faster evaluation')")
     new.add_argument("--precision", choices=PRECISION_OPTIONS,
                      help="autocast precision of backbone and denoiser at evaluation (default: fp32, the paper's; "
                           "auto: bf16 where the device computes it natively, else fp32)")
@@ -150,11 +151,15 @@ def overrides_from_args(args):
 
 
 def resolve_checkpoint_file(name, checkpoint_dir, flag):
-    """A file given to --evaluate / --resume: an existing path, else a name inside ``checkpoint_dir``."""
+    """A file given to --evaluate / --resume: an existing path, else a name inside ``checkpoint_dir``.
+
+    A released file missing from a released folder is also looked for where older
+    instructions put it (``common.core.layout.find_released``), with a note.
+    """
     path = Path(name)
     if path.is_file():
         return path
-    inside = Path(checkpoint_dir) / name
+    inside = find_released(Path(checkpoint_dir) / name)
     if inside.is_file():
         return inside
     folder = next((p for p in (path, inside) if p.is_dir()), None)
@@ -248,3 +253,13 @@ def main(dataset, argv=None):
     finally:
         distributed.cleanup_distributed()
     return 0
+
+
+def h36m(argv=None):
+    """``snappose-train-h36m``: the command line of ``main_diffusers_h36m.py``."""
+    return main("h36m", argv)
+
+
+def mpi(argv=None):
+    """``snappose-train-mpi``: the command line of ``main_diffusers_mpi.py``."""
+    return main("mpi", argv)
