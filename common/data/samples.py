@@ -29,6 +29,7 @@ import torch
 import webdataset as wds
 
 from common.core import safe_pickle
+from common.core.errors import BadInput
 from common.core.files import atomic_write
 from common.data.decode import decode_rgb
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, PIXEL_STD, crop_image
@@ -66,7 +67,7 @@ MAX_BOX_FRAMES = 10
 TENSOR_FIELDS = ("image", "crop", "keypoints_3d", "keypoints_2d", "keypoints_2d_crop", "ref")
 
 
-class ShardDataError(ValueError):
+class ShardDataError(BadInput):
     """A shard or sample that cannot be read; ``shard`` and ``key`` say where."""
 
     def __init__(self, message, shard=None, key=None, problem=None):

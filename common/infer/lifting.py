@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
+from common.core.errors import BadInput, refuse
+from common.core.files import DiskFullError, atomic_write, output_folder, remove_orphaned_temporaries
 from common.model.acceleration import PRECISIONS, prepare_backbone
-from common.model.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint
-from common.run.config import Config, ConfigError, config_from_dict, load_config
+from common.model.checkpoints import load_snappose_weights, read_checkpoint
+from common.run.config import Config, config_from_dict, load_config
 from common.data.samples import flip_test_views, normalize_image
 from common.analysis.reliability import joint_spread
 from common.run import distributed
@@ -463,8 +464,7 @@ def run(args):
     boxes = read_annotations(args.boxes, args.keypoint_format) if args.boxes else None
     model = load_model(args.checkpoint, args.config, args.device, args.backbone_weights,
                        heatmaps=args.keypoints is None, trust_checkpoint=args.trust_checkpoint)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out, "--out folder", InputError)
     stem = Path(args.input).stem if kind != "folder" else Path(args.input).resolve().name
     figures = FigureWriter(out, stem, args.visualize, args.animate and kind != "image")
     sampling = model.config.sampling().replace(
@@ -554,9 +554,8 @@ def main(argv=None):
         parser.error("--batch-size and --every must be at least 1")
     try:
         records, written = run(args)
-    except (InputError, CheckpointError, ConfigError, FileNotFoundError, DiskFullError) as error:
-        log.error("%s", error)
-        return 2
+    except (BadInput, FileNotFoundError, DiskFullError) as error:
+        return refuse(error, log)
     except KeyboardInterrupt:
         log.error("interrupted: results already in %s are the previous run's (nothing is written in part)", args.out)
         return 130

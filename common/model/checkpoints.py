@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from common.core import safe_pickle
+from common.core.errors import BadInput
 from common.core.files import atomic_write, remove_orphaned_temporaries
 from common.model.denoiser import CONTEXT_PREFIXES
 
@@ -37,7 +38,7 @@ SNAPPOSE_RESERVED_KEYS = ("epoch", "lr", "optimizer", "model_pos")
 _MAX_LISTED = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A weight file that is not what the loader expects (format, names or shapes)."""
 
 

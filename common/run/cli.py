@@ -13,9 +13,11 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.core.errors import BadInput, one_line, refuse
+from common.core.files import DiskFullError
 from common.run import distributed
 from common.model.acceleration import PRECISIONS
-from common.run.config import ConfigError, load_config, output_paths
+from common.run.config import load_config, output_paths
 from common.run.runlock import RunLockError, check_output_dir, run_lock
 from common.model.samplers import SAMPLERS
 
@@ -195,8 +197,8 @@ def main(dataset, argv=None):
         cfg = load_config(args.config, overrides_from_args(args), dataset=dataset)
         evaluate_file = resolve_checkpoint_file(args.evaluate, cfg.checkpoint, "--evaluate") if args.evaluate else None
         resume_file = resolve_checkpoint_file(args.resume, cfg.checkpoint, "--resume") if args.resume else None
-    except (ConfigError, FileNotFoundError) as error:
-        parser.error(str(error))
+    except (BadInput, FileNotFoundError) as error:
+        parser.error(one_line(error))
     if evaluate_file is not None and args.checkpoint is None:
         # Metrics, figures and predictions belong beside the checkpoint they describe, not in
         # a folder that the config's (often relative) checkpoint path makes in the current directory.
@@ -211,8 +213,6 @@ def main(dataset, argv=None):
                             f"--save-predictions (or the config) names, and not also to {saved}")
 
     # Imported here so that --help and configuration errors answer without loading the model code.
-    from common.model.checkpoints import CheckpointError
-    from common.data.samples import ShardDataError
     from common.run.evaluation import evaluate
     from common.run.training import TrainingDivergedError, train
 
@@ -233,9 +233,8 @@ def main(dataset, argv=None):
     except KeyboardInterrupt:
         log.warning("interrupted; resume with -r latest_epoch.bin -c %s", cfg.checkpoint)
         return 130
-    except (CheckpointError, FileNotFoundError, ConfigError, ShardDataError, RunLockError) as error:
-        log.error("%s", error)
-        return 2
+    except (BadInput, FileNotFoundError, RunLockError, DiskFullError) as error:
+        return refuse(error, log)
     except TrainingDivergedError as error:
         log.error("%s", error)
         return 1

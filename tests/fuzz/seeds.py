@@ -142,10 +142,25 @@ def templates():
     return paths
 
 
-def checkpoint_tree():
-    """The tiny checkpoint's content with tensors as numpy arrays (for ``mutate.mutated_tree``)."""
+@functools.lru_cache(maxsize=None)
+def tiny_denoiser():
+    """The denoiser of ``TINY`` (built once; loading weights into it replaces them all or fails)."""
+    from common.model.networks import build_model
+    from common.run.config import config_from_dict
+
+    return build_model(config_from_dict({**TINY, "dataset": "h36m"}).model)[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint_tree():
     obj = torch.load(templates()["checkpoint"], map_location="cpu", weights_only=False)
     return _to_numpy(obj)
+
+
+def checkpoint_tree():
+    """The tiny checkpoint's content with tensors as numpy arrays (for ``mutate.mutated_tree``)."""
+    import copy
+    return copy.deepcopy(_checkpoint_tree())
 
 
 def _to_numpy(tree):

@@ -124,11 +124,8 @@ def reader_config(data, sandbox):
 
 def reader_checkpoint(data, sandbox):
     from common.model.checkpoints import CheckpointError, load_snappose_weights
-    from common.model.networks import build_model
-    from common.run.config import config_from_dict
-
     path = hostile_path(data, sandbox, _write(data, sandbox, "best_h36m.bin", seeds.checkpoint_tree(), _torch))
-    _, denoiser = build_model(config_from_dict({**seeds.TINY, "dataset": "h36m"}).model)
+    denoiser = seeds.tiny_denoiser()
     return Run(lambda: load_snappose_weights(denoiser, path), names=(path,),
                expected=(CheckpointError, FileNotFoundError))
 

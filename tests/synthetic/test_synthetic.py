@@ -227,7 +227,7 @@ def test_manifest_skips_unchanged_settings_and_regenerates_changed_ones(tmp_path
 def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         generate_dataset(tmp_path, "coco", 1, 1)
-    with pytest.raises(ValueError, match="samples_per_shard"):
+    with pytest.raises(ValueError, match="samples-per-shard"):
         generate_dataset(tmp_path, "h36m", 1, 1, samples_per_shard=0)
     with pytest.raises(ValueError, match="unknown split"):
         make_sample("h36m", "test", 0)
