@@ -1,5 +1,6 @@
 """Errors shared across packages, and how a command reports a refused input."""
 import os
+import re
 import sys
 
 DEBUG_VARIABLE = "SNAPPOSE_DEBUG"
@@ -20,7 +21,7 @@ class ConfigError(BadInput):
 
 def one_line(error):
     """``str(error)`` on one line (parsers' messages span several), at most 300 characters."""
-    text = " ".join(str(error).split())
+    text = re.sub(r"\s*\n\s*", " ", str(error).strip())  # only line breaks: a path keeps its spaces
     return text if len(text) <= 300 else text[:297] + "..."
 
 

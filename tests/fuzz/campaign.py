@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from collections import Counter
@@ -24,7 +25,8 @@ for folder in (HERE, HERE.parent, HERE.parents[1]):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings, strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck, Phase, Verbosity, given, seed as hypothesis_seed, settings, strategies as st)
 
 from command_targets import COMMANDS, COST  # noqa: E402
 from harness import Sandbox, check_run  # noqa: E402
@@ -67,7 +69,8 @@ def fuzz(name, examples, seed=0, time_limit=60.0, fail_fast=False):
 
     @hypothesis_seed(seed)
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
-              phases=[Phase.generate, Phase.shrink] if fail_fast else [Phase.generate], print_blob=False)
+              phases=[Phase.generate, Phase.shrink] if fail_fast else [Phase.generate], print_blob=False,
+              verbosity=Verbosity.normal if fail_fast else Verbosity.quiet)
     @given(st.data())
     def one(data):
         sandbox = Sandbox()
@@ -91,11 +94,16 @@ def main(argv=None):
     parser.add_argument("--targets", help=f"comma-separated subset of: {', '.join(TARGETS)}")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds one run may take (default: 60)")
     parser.add_argument("--report", help="also write the summary as JSON to this file")
+    parser.add_argument("--memory-gb", type=float, default=16,
+                        help="address-space limit of the campaign, so that an input asking for a huge "
+                             "allocation fails in this process instead of starving the machine (default: 16)")
     args = parser.parse_args(argv)
     names = args.targets.split(",") if args.targets else list(TARGETS)
     unknown = sorted(set(names) - set(TARGETS))
     if unknown:
         parser.error(f"--targets: unknown {unknown}; choose from {', '.join(TARGETS)}")
+    limit = int(args.memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.getLogger().addHandler(logging.NullHandler())  # the commands' basicConfig must not print each run
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch

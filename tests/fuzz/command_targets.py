@@ -18,7 +18,10 @@ from data_helpers import write_shard
 from mutate import mutated_bytes
 from targets import _npz, _torch, _write, _yaml, hostile_folder, hostile_path
 
-INTEGERS = st.sampled_from(["-5", "-1", "0", "1", "2", "3", "x", "1.5", "nan", "", "9" * 30])
+# A count of work (epochs, samples, steps, processes) may be any valid number, and a huge one is a valid
+# request for a long run, not a hang: those options get WORK, the others INTEGERS.
+WORK = st.sampled_from(["-5", "-1", "0", "1", "2", "3", "x", "1.5", "nan", ""])
+INTEGERS = st.one_of(WORK, st.just("9" * 30))
 FLOATS = st.sampled_from(["-1", "0", "0.5", "1", "2", "nan", "inf", "-inf", "1e308", "x", ""])
 
 
@@ -50,15 +53,16 @@ def _main_script(dataset, evaluate):
         root = seeds.templates()[f"root_{dataset}"]
         config = _tiny_config(data, sandbox, dataset, root)
         out, disk_full = hostile_folder(data, sandbox, "checkpoint")
-        argv = ["--config", config, "-c", out]
+        argv = ["--config", config, "-c", out, "-e", "1", "--max-samples", "2", "-timesteps", "1",
+                "-num_proposals", "2", "--validate-every", "0"]
         names = [config, out, "--config", "-c"]
         if evaluate:
             path = hostile_path(data, sandbox, _write(data, sandbox, "best.bin", seeds.checkpoint_tree(), _torch))
             argv += ["--evaluate", path]
             names += [path, "--evaluate"]
         argv += _options(data, {"-w": st.sampled_from([str(root), str(sandbox.inputs / "none"), str(sandbox.inputs)]),
-                                "-e": INTEGERS, "-b": INTEGERS, "-lr": FLOATS, "--max-samples": INTEGERS,
-                                "-timesteps": INTEGERS, "-num_proposals": INTEGERS})
+                                "-e": WORK, "-b": WORK, "-lr": FLOATS, "--max-samples": WORK,
+                                "-timesteps": WORK, "-num_proposals": WORK})
         names += ["-w", str(sandbox.inputs), "-e", "-b", "-lr", "--max-samples", "-timesteps", "-num_proposals",
                   "argument", "train.", "data.", "evaluation.", "epochs", "batch_size", "lr"]
         return Run(lambda: main(argv), names=tuple(names), disk_full=disk_full)
@@ -99,7 +103,7 @@ def command_infer(data, sandbox):
                                                        seeds.annotation_files()[fmt], _json, text=True, evil=False))
         argv += ["--keypoints", keypoints]
         names.append(keypoints)
-    argv += _options(data, {"--every": INTEGERS, "--max-frames": INTEGERS, "--batch-size": INTEGERS,
+    argv += _options(data, {"--every": INTEGERS, "--max-frames": INTEGERS, "--batch-size": WORK,
                             "--visualize": st.just("--animate")})
     return Run(lambda: main(argv), names=tuple(names), disk_full=disk_full)
 
@@ -152,8 +156,8 @@ def command_synthetic(data, sandbox):
     from common.synthetic.world import main
 
     out, disk_full = hostile_folder(data, sandbox, "synthetic")
-    argv = ["--out", out, "--train", "2", "--test", "1", "--workers", "0", "--samples-per-shard", "2"]
-    argv += _options(data, {"--train": INTEGERS, "--test": INTEGERS, "--workers": INTEGERS,
+    argv = ["--out", out, "--train", "2", "--test", "1", "--workers", "1", "--samples-per-shard", "2"]
+    argv += _options(data, {"--train": WORK, "--test": WORK, "--workers": WORK,
                             "--samples-per-shard": INTEGERS, "--noise-px": FLOATS, "--outlier-rate": FLOATS,
                             "--outlier-px": FLOATS, "--swap-rate": FLOATS, "--jpeg-quality": INTEGERS,
                             "--dataset": st.sampled_from(["h36m", "mpi", "coco"]),
@@ -170,7 +174,7 @@ def command_demo(data, sandbox):
     out, disk_full = hostile_folder(data, sandbox, "demo")
     argv = ["--config", config, "--data", str(sandbox.out / "data"), "--out", out, "--train-samples", "2",
             "--test-samples", "2", "--epochs", "1", "--device", "cpu", "--lift-images", "0"]
-    argv += _options(data, {"--train-samples": INTEGERS, "--test-samples": INTEGERS, "--epochs": INTEGERS,
+    argv += _options(data, {"--train-samples": WORK, "--test-samples": WORK, "--epochs": WORK,
                             "--lift-images": st.sampled_from(["-1", "0", "1", "x"]), "--device": st.sampled_from(
                                 ["cpu", "cuda:9", "tpu", ""]), "--data": st.sampled_from([config, out, ""])})
     names = (config, out, "--config", "--data", "--out", "--train-samples", "--test-samples", "--epochs",

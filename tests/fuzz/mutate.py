@@ -29,11 +29,32 @@ REPLACEMENTS = st.one_of(
 )
 
 
-def _deep(kind):
-    value = [] if kind == "list" else {}
-    for _ in range(2000):  # deep enough for recursive walkers and printers, small enough to build
-        value = [value] if kind == "list" else {"a": value}
-    return value
+class Deep:
+    """Stands for a list or dict nested 2000 deep until ``materialize`` builds it (hypothesis prints
+    what it draws, and its printer would itself recurse too deep on the real thing)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        return f"Deep({self.kind!r})"
+
+    def build(self):
+        value = [] if self.kind == "list" else {}
+        for _ in range(2000):  # deep enough for recursive walkers and printers, small enough to build
+            value = [value] if self.kind == "list" else {"a": value}
+        return value
+
+
+def materialize(tree):
+    """``tree`` with every ``Deep`` placeholder built."""
+    if isinstance(tree, Deep):
+        return tree.build()
+    if isinstance(tree, dict):
+        return {key: materialize(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(materialize(value) for value in tree)
+    return tree
 
 
 def _paths(tree, prefix=()):
@@ -117,7 +138,7 @@ def mutated_tree(draw, valid, max_edits=3):
         elif edit == "repeat" and isinstance(value, list):
             tree = _set(tree, path, value * draw(st.sampled_from([0, 2, 50])))
         elif edit == "deep":
-            tree = _set(tree, path, _deep(draw(st.sampled_from(["list", "dict"]))))
+            tree = _set(tree, path, Deep(draw(st.sampled_from(["list", "dict"]))))
         elif edit == "array" and isinstance(value, np.ndarray):
             tree = _set(tree, path, _array_edit(draw, value))
         elif edit == "rename" and path and isinstance(_get(tree, path[:-1]), dict):

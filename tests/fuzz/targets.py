@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import seeds
 from harness import Run, evil_pickle
-from mutate import mutated_bytes, mutated_tree
+from mutate import materialize, mutated_bytes, mutated_tree
 
 # ---------------------------------------------------------------- paths
 
@@ -76,10 +76,10 @@ def _write(data, sandbox, name, valid_tree, dump, text=False, evil=True):
     elif how == "valid":
         content = dump(valid_tree)
     else:
-        tree = data.draw(mutated_tree(valid_tree), label="tree") if how == "tree" else valid_tree
+        tree = materialize(data.draw(mutated_tree(valid_tree), label="tree")) if how == "tree" else valid_tree
         try:
             content = dump(tree)
-        except (ValueError, TypeError, OverflowError, RecursionError, yaml.YAMLError):
+        except Exception:  # noqa: B902 - whatever a writer refuses, it cannot be a file to read
             content = dump(valid_tree)  # the writer refused the tree; damage its bytes instead
             how = "bytes"
         if how == "bytes":
