@@ -209,3 +209,13 @@ def test_the_commands_print_no_traceback_end_to_end(tmp_path):
         assert done.returncode == 2, (command, done.stderr[-500:])
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         assert done.stderr.strip().splitlines()[-1].count("error") >= 1
+
+
+def test_analyze_on_a_full_disk_says_so_and_leaves_no_part(sandbox):
+    # Was a DiskFullError traceback: the command caught only FileNotFoundError and ValueError.
+    from common.analysis.report import main
+    path = sandbox.inputs / "predictions.npz"
+    path.write_bytes(seeds.npz_bytes(seeds.predictions()))
+    out = str(sandbox.out / "analysis")
+    result = assert_holds(Run(lambda: main([str(path), "--out", out]), names=(out,), disk_full=True), sandbox)
+    assert result.status == 2 and "disk is full" in result.message
