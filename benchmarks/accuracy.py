@@ -1,7 +1,7 @@
 """Accuracy and speed of each sampler, number of steps and precision on one trained model.
 
 Reads the test images once into memory, then evaluates them (H hypotheses,
-flip test, the evaluation's own ``run_evaluation``) for every combination of
+flip test, the evaluation's own ``run_evaluation`` through ``SnapPosePipeline``) for every combination of
 ``--samplers`` x ``--steps`` x ``--precisions`` and prints a table: MPJPE of
 the mean hypothesis, J-Best (best joint, an oracle), P-MPJPE of the mean
 hypothesis, and images per second from decoded images to metrics (backbone,
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.pipeline import Setting
-from common.model.acceleration import PRECISIONS, prepare_backbone
-from common.model.checkpoints import load_snappose_weights
-from common.run.config import load_config
 from common.data.loader import build_loader
-from common.model.diffusion import SAMPLERS
+from common.model.acceleration import PRECISIONS
+from common.model.samplers import SAMPLERS
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import load_config
 from common.run.evaluation import run_evaluation
 
 
@@ -55,15 +55,13 @@ def main(argv=None):
     cfg = load_config(args.config, overrides)
     device = torch.device(args.device)
     hypotheses = args.hypotheses or cfg.evaluation.num_proposals
-    backbone, denoiser = cfg.networks(device)
-    load_snappose_weights(denoiser, args.weights)
-    denoiser.eval()
-    low_backbone, _ = cfg.networks(device)
-    prepare_backbone(low_backbone, "bf16")
-    backbones = {"fp32": backbone, "bf16": low_backbone, "fp16": low_backbone}
+    # One pipeline per precision family: a backbone once prepared for low precision stays channels-last.
+    full, _ = SnapPosePipeline.from_config(cfg, args.weights, device)
+    low, _ = SnapPosePipeline.from_config(cfg, args.weights, device)
+    pipelines = {"fp32": full, "bf16": low, "fp16": low}
     loader = build_loader(cfg.data.root, cfg.dataset, train=False,
-                          batch_size=args.batch_size or cfg.data.eval_batch_size, max_samples=args.max_samples,
-                          uint8_crops=True)  # as evaluation reads them; a sixteenth of the memory held
+                          batch_size=args.batch_size or cfg.data.eval_batch_size,
+                          max_samples=args.max_samples)  # uint8 crops, as evaluation reads them: a sixteenth of the memory
     batches = list(loader)
     count = sum(len(b["key"]) for b in batches)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -79,8 +77,8 @@ def main(argv=None):
         start = time.perf_counter()
         sampling = cfg.sampling().replace(sampler=sampler, steps=steps, hypotheses=hypotheses, precision=precision,
                                           flip=True, compile=False)
-        accumulator, _ = run_evaluation(backbones[precision], denoiser, batches, cfg.dataset, sampling,
-                                        desc=f"{sampler} K={steps} {precision}")
+        pipeline = pipelines[precision].prepare(sampling)
+        accumulator, _ = run_evaluation(pipeline, batches, cfg.dataset, desc=f"{sampler} K={steps} {precision}")
         seconds = time.perf_counter() - start
         s = accumulator.summary()
         row = {"sampler": sampler, "steps": steps, "precision": precision, "images": s["num_samples"],

@@ -6,7 +6,7 @@ thread, side by side in one run:
   (INTER_LINEAR), / 255 and ImageNet mean/std in float32, the flipped view, stacked;
 - ``decode_sample`` as evaluation called it before, normalising each sample and
   its mirror image on the CPU (now with OpenCV's decode and warp);
-- the new path: ``decode_sample(normalize=False)`` (uint8 crop) in the worker,
+- the new path: ``decode_sample(uint8_crops=True)`` (uint8 crop) in the worker,
   and the batch's normalisation plus mirror view as one tensor op (timed here
   on the CPU; on a GPU it leaves the workers entirely).
 It prints ms per sample and samples/s per core, the largest crop difference
@@ -23,9 +23,9 @@ import time
 import cv2
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
+import webdataset as wds
 from common.core import safe_pickle
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, crop_matrix
 from common.data.loader import build_loader, find_shards
@@ -61,7 +61,7 @@ def time_ways(ways, samples, repeats):
 
 def time_batch_normalisation(samples, batch_size, repeats):
     """Seconds per sample of ``normalize_crops(mirror=True)`` on batches of uint8 crops, on this CPU."""
-    crops = torch.stack([decode_sample(raw, "h36m", train=False, normalize=False)["crop"]
+    crops = torch.stack([decode_sample(raw, "h36m", train=False, uint8_crops=True)["crop"]
                          for raw in samples[:batch_size]])
     best = float("inf")
     for _ in range(repeats * 4):
@@ -75,15 +75,14 @@ def largest_crop_difference(samples):
     worst = 0
     for raw in samples:
         _, original = original_sample(raw)
-        ours = decode_sample(raw, "h36m", train=False, normalize=False)["crop"].numpy()
+        ours = decode_sample(raw, "h36m", train=False, uint8_crops=True)["crop"].numpy()
         worst = max(worst, int(np.abs(ours.astype(np.int64) - original).max()))
     return worst
 
 
 def loader_rate(shards, workers, batch_size, passes):
     """Samples/s of whole passes of ``build_loader(uint8_crops=True)`` (the first pass warms up)."""
-    loader = build_loader(shards, "h36m", train=False, batch_size=batch_size, num_workers=workers,
-                          uint8_crops=True)
+    loader = build_loader(shards, "h36m", train=False, batch_size=batch_size, num_workers=workers)
     sum(len(b["key"]) for b in loader)
     start, count = time.perf_counter(), 0
     for _ in range(passes):
@@ -114,7 +113,7 @@ def main(argv=None):
     ways = {
         "original": original_sample,
         "today": lambda raw: decode_sample(raw, "h36m", train=False),
-        "worker": lambda raw: decode_sample(raw, "h36m", train=False, normalize=False),
+        "worker": lambda raw: decode_sample(raw, "h36m", train=False, uint8_crops=True),
     }
     original, today, worker = time_ways(ways, samples, args.repeats).values()
     new = worker + time_batch_normalisation(samples, args.batch_size, args.repeats)

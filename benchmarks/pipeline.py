@@ -1,7 +1,7 @@
 """End-to-end benchmark: evaluation from shards to metrics, and training steps, on the full-size model.
 
 Evaluation (H = 20 hypotheses, flip test, K steps) runs the evaluation's own
-code (``common.run.evaluation.stack_views`` / ``merge_views``, ``run_backbone``,
+code (the stages of ``common.pipeline.SnapPosePipeline``, timed one by one, and
 ``common.analysis.metrics.MetricAccumulator``) over full-frame synthetic Human3.6M
 shards (``common.synthetic.world``; written once, then reused), with random weights
 of the released sizes (PoseHRNet-W32 and the 128-wide denoiser), for these
@@ -9,7 +9,7 @@ settings side by side in one process:
 
 - ``original``: the original implementation's sampling loop (a full forward at
   every step, feature maps repeated per hypothesis; ``benchmarks.sampling.original_ddim``), K = 20, fp32;
-- ``today``: ``ddim_sample`` (context once per batch), K = 20, fp32: the paper's setting;
+- ``today``: the pipeline's DDIM (context once per batch), K = 20, fp32: the paper's setting;
 - fast settings, ``--fast SAMPLER:K:PRECISION[:compile|:reduce-overhead]``
   (default ``dpm++:5:bf16`` and ``dpm++:5:bf16:compile``).
 
@@ -46,13 +46,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.sampling import PeakMemory, original_ddim
-from common.model.acceleration import PRECISIONS, compile_denoiser, prepare_backbone, run_backbone
-from common.run.config import TrainConfig, load_config, output_paths
-from common.data.loader import build_loader
-from common.model.diffusion import SAMPLERS, sample
-from common.run.evaluation import initial_noise, merge_views, stack_views
 from common.analysis.metrics import MetricAccumulator
+from common.data.loader import build_loader
+from common.model.acceleration import PRECISIONS, prepare_backbone
 from common.model.networks import ModelConfig, build_model
+from common.model.samplers import SAMPLERS, SamplingConfig
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import TrainConfig, load_config, output_paths
 from common.synthetic.world import generate_dataset
 
 COMPILE_MODES = {"compile": None, "reduce-overhead": "reduce-overhead"}
@@ -89,7 +89,7 @@ class StageClock:
 
     def __init__(self, device):
         self.device = device
-        self.seconds = dict.fromkeys(STAGES + ("sampling",), 0.0)
+        self.seconds = dict.fromkeys(STAGES, 0.0)
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -103,46 +103,26 @@ class StageClock:
         self._sync()
         self.seconds[name] += time.perf_counter() - start
 
-    def split(self):
-        """Seconds per stage; the loop is the sampling time less the context."""
-        split = {name: self.seconds[name] for name in STAGES}
-        split["loop"] = self.seconds["sampling"] - self.seconds["context"]
-        return split
 
-
-class TimedDenoiser:
-    """Charges ``encode_context`` to the clock's "context" stage; otherwise the denoiser it wraps."""
-
-    def __init__(self, denoiser, clock):
-        self.denoiser, self.clock = denoiser, clock
-
-    def encode_context(self, keypoints_2d, ref, features):
-        with self.clock.stage("context"):
-            return self.denoiser.encode_context(keypoints_2d, ref, features)
-
-    def denoise(self, context, noisy_3d, t):
-        return self.denoiser.denoise(context, noisy_3d, t)
-
-    def __call__(self, *args):
-        return self.denoiser(*args)
-
-
-def sampling_function(setting):
-    """(denoiser, noise, keypoints_2d, ref, features) -> samples, as ``setting`` samples."""
-    if setting.sampler == "original":
-        return lambda d, noise, k, r, f: original_ddim(d, noise, k, r, f, setting.steps)
-    return lambda d, noise, k, r, f: sample(d, noise, k, r, f, setting.steps, sampler=setting.sampler,
-                                            precision=setting.precision)
+def make_pipeline(setting, networks, hypotheses):
+    """The ``SnapPosePipeline`` of ``setting`` on the shared networks (compiled if asked); seed 0, flip test."""
+    backbone, denoiser = networks[setting.precision]
+    sampling = SamplingConfig(sampler="ddim" if setting.sampler == "original" else setting.sampler,
+                              steps=setting.steps, hypotheses=hypotheses, precision=setting.precision,
+                              compile=bool(setting.compile), flip=True, seed=0)
+    return SnapPosePipeline(backbone, denoiser, sampling, compile_mode=COMPILE_MODES.get(setting.compile))
 
 
 @torch.no_grad()
-def evaluation_pass(setting, backbone, denoiser, shards, args, device, max_batches=None):
-    """One pass over the test shards as ``setting``; returns (StageClock, metrics summary, batches)."""
+def evaluation_pass(setting, pipeline, shards, args, device, max_batches=None):
+    """One pass over the test shards as ``setting``, stage by stage of ``pipeline``; returns (StageClock, summary).
+
+    The original way runs its own loop (a full forward per step) in place of the
+    pipeline's context and sampling stages; everything else is the pipeline's.
+    """
     clock = StageClock(device)
-    timed = TimedDenoiser(denoiser, clock)
-    run = sampling_function(setting)
     loader = build_loader(shards, "h36m", train=False, batch_size=args.batch_size, num_workers=args.workers,
-                          max_samples=args.images, uint8_crops=True)  # as evaluation reads them
+                          max_samples=args.images)
     accumulator = MetricAccumulator("h36m")
     batches = iter(loader)
     count = 0
@@ -151,41 +131,46 @@ def evaluation_pass(setting, backbone, denoiser, shards, args, device, max_batch
             batch = next(batches, None)
             if batch is None:
                 break
-            images, keypoints, ref = stack_views(batch, True, device)
+            images, keypoints, ref = pipeline.views(batch)
         with clock.stage("backbone"):
-            features = run_backbone(backbone, images, setting.precision)
-        noise = initial_noise(batch["key"], args.hypotheses, 0, device).repeat(2, 1, 1, 1, 1)  # (2B, H, 1, 17, 3)
-        with clock.stage("sampling"):
-            poses = run(timed, noise, keypoints, ref, features)
+            features = pipeline.features(images)
+        noise = pipeline.initial_noise(batch["key"])  # (2B, H, 1, 17, 3)
+        if setting.sampler == "original":
+            with clock.stage("loop"):
+                poses = original_ddim(pipeline.denoiser, noise, keypoints, ref, features, setting.steps)
+        else:
+            with clock.stage("context"):
+                context = pipeline.context(keypoints, ref, features)
+            with clock.stage("loop"):
+                poses = pipeline.sample(context, noise)
         with clock.stage("metrics"):
-            poses = merge_views(poses, True).cpu()
+            poses = pipeline.merge(poses).cpu()
             accumulator.update(poses, batch["keypoints_3d"][:, 0].to(poses.dtype), batch.get("action"),
                                batch.get("subject"))
         count += 1
     with clock.stage("metrics"):
         summary = accumulator.summary()
-    return clock, summary, count
+    return clock, summary
 
 
 def warm_up(setting, networks, shards, args, device):
-    """Prepare ``setting``'s networks (compiled if asked) and run one untimed batch; returns (networks, seconds)."""
-    backbone, denoiser = networks[setting.precision]
-    if setting.compile:
-        denoiser = compile_denoiser(denoiser, mode=COMPILE_MODES[setting.compile])
+    """Prepare ``setting``'s pipeline (compiled if asked) and run one untimed batch; returns (pipeline, seconds)."""
+    pipeline = make_pipeline(setting, networks, args.hypotheses)
+    sampling = pipeline.sampling
     # Start-up costs (allocations, kernel selection, compilation) depend on the shapes, not on K.
+    pipeline.prepare(sampling.replace(steps=1))
     start = time.perf_counter()
-    evaluation_pass(dataclasses.replace(setting, steps=1), backbone, denoiser, shards, args, device, max_batches=1)
-    return (backbone, denoiser), time.perf_counter() - start
+    evaluation_pass(dataclasses.replace(setting, steps=1), pipeline, shards, args, device, max_batches=1)
+    return pipeline.prepare(sampling), time.perf_counter() - start
 
 
-def timed_pass(setting, prepared, shards, args, device):
-    """One timed pass of ``setting`` with its ``warm_up`` networks; a dict of results."""
-    backbone, denoiser = prepared
+def timed_pass(setting, pipeline, shards, args, device):
+    """One timed pass of ``setting`` with its ``warm_up`` pipeline; a dict of results."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with PeakMemory(device) as memory:
-        clock, summary, _ = evaluation_pass(setting, backbone, denoiser, shards, args, device)
-    split = clock.split()
+        clock, summary = evaluation_pass(setting, pipeline, shards, args, device)
+    split = clock.seconds
     total = sum(split.values())
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else memory.peak
     return {"setting": setting.name, "seconds": total, "images": summary["num_samples"],

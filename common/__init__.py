@@ -11,9 +11,13 @@ The packages, lowest first; each imports only from those above it in this list
 - ``model``: the networks (backbone, context blocks, denoiser), diffusion and
   samplers, building networks and loading their weight files. Knows nothing of runs.
 - ``analysis``: metrics, reliability of the hypotheses, figures, the predictions report.
-- ``run``: configuration, training, evaluation, the context cache, processes and locks,
-  and the command line of the two entry scripts.
-- ``infer``: lifting people's own images and videos with a trained model.
+- ``pipeline``: the model at inference time: ``SnapPosePipeline`` (backbone, denoiser and
+  sampling settings; a test batch in, hypotheses out), the run configuration it is
+  built from, and its ONNX graphs. Knows nothing of runs or processes.
+- ``run``: training, evaluation, the context cache, processes and locks, and the
+  command line of the two entry scripts; it applies the model through ``pipeline``.
+- ``infer``: lifting people's own images and videos with a trained model, through
+  ``pipeline``; it stands beside ``run`` and never imports it.
 
 The modules at the top level are commands: ``python -m common.demo``,
 ``python -m common.convert`` and ``python -m common.analyze`` (``common.synthetic``

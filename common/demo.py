@@ -25,19 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
+import webdataset as wds
+from common.analysis.metrics import mpjpe, n_mpjpe, p_mpjpe
 from common.core.errors import BadInput, refuse
 from common.core.files import DiskFullError, output_folder
-from common.run.config import load_config, output_paths
+from common.core.geometry import image_coordinates
 from common.data.loader import find_shards
 from common.data.samples import H36M_FIELDS, read_fields, read_pose_3d
+from common.pipeline.config import load_config, output_paths
 from common.run.evaluation import evaluate
-from common.core.geometry import image_coordinates
-from common.analysis.metrics import mpjpe, n_mpjpe, p_mpjpe
-from common.synthetic.world import generate_dataset
 from common.run.training import train
+from common.synthetic.world import generate_dataset
 
 log = logging.getLogger("common.demo")
 
@@ -63,7 +63,7 @@ def lift_validation_images(data_root, checkpoint, out, count=4, device=None):
     ``python -m common.infer out/images --keypoints out/keypoints.json --visualize``.
     Returns the folder of the figures.
     """
-    from common.infer import lifting as infer
+    from common.infer import cli as infer
 
     images, out = Path(out) / "images", Path(out)
     images.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def tiny_config(tiny_shards):
     ``tiny_config(checkpoint_dir, dataset="h36m", **overrides)``: overrides are
     dotted config keys written with "__" for ".", e.g. ``train__epochs=3``.
     """
-    from common.run.config import load_config
+    from common.pipeline.config import load_config
 
     def make(checkpoint, dataset="h36m", **overrides):
         values = {

@@ -18,11 +18,16 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
+import webdataset as wds
 from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_matrix, normalize_screen_coordinates,
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    bbox_center_scale,
+    crop_matrix,
+    normalize_screen_coordinates,
 )
 from common.core.skeleton import NUM_JOINTS
 

@@ -5,8 +5,10 @@ specification's key lists and stores it the way the authors' files do).
 import pytest
 import torch
 
-from common.model.denoiser import SnapPoseDenoiser
 from common.core.skeleton import NUM_JOINTS
+from common.model.acceleration import autocast
+from common.model.denoiser import SnapPoseDenoiser
+from common.model.samplers import SamplingConfig, sample
 
 TINY_CHANNELS = (4, 8, 16, 32)
 
@@ -91,3 +93,19 @@ def fail_at_train_step(monkeypatch, step, error):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "_train_step", step_or_fail)
+
+
+def sample_from(denoiser, noise, keypoints_2d, ref, features, steps, sampler="ddim", precision="fp32",
+                num_train_timesteps=100):
+    """``common.model.samplers.sample`` from the networks' inputs: the context once, then the sampler's steps."""
+    with autocast(noise.device, precision):
+        context = denoiser.encode_context(keypoints_2d, ref, features)
+    sampling = SamplingConfig(sampler=sampler, steps=steps, precision=precision,
+                              num_train_timesteps=num_train_timesteps)
+    return sample(denoiser, context, noise, sampling)
+
+
+def ddim_sample(denoiser, noise, keypoints_2d, ref, features, num_steps, num_train_timesteps=100):
+    """The paper's sampler, DDIM in fp32: the reference the parity tests hold against the original's loop."""
+    return sample_from(denoiser, noise, keypoints_2d, ref, features, num_steps,
+                       num_train_timesteps=num_train_timesteps)

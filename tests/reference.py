@@ -93,10 +93,10 @@ KNOWN_AUC14 = 100 * (7 / 14) * (10 / 31)
 KNOWN_PCK17 = 100 * 10 / 17
 
 
-def known_error_predictor(backbone, denoiser, batch, sampling):
-    """Stand-in for ``common.run.evaluation.predict_hypotheses``: every hypothesis is the ground
-    truth moved along x by KNOWN_ERRORS_MM, so each joint's error is known in advance."""
+def known_error_predictor(pipeline, batch):
+    """Stand-in for ``SnapPosePipeline.__call__``: every hypothesis is the ground truth moved
+    along x by KNOWN_ERRORS_MM, so each joint's error is known in advance."""
     target = batch["keypoints_3d"][:, 0]  # (B, 17, 3) metres
     offset = torch.zeros(17, 3, dtype=target.dtype)
     offset[:, 0] = torch.tensor(KNOWN_ERRORS_MM, dtype=target.dtype) / 1000
-    return (target + offset)[:, None].repeat(1, sampling.hypotheses, 1, 1)  # (B, H, 17, 3)
+    return (target + offset)[:, None].repeat(1, pipeline.sampling.hypotheses, 1, 1)  # (B, H, 17, 3)

@@ -6,6 +6,8 @@ docstring state; a new import that breaks them fails here, with the line.
 import ast
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,9 @@ ALLOWED = {
     "synthetic": {"core", "data"},
     "model": {"core"},
     "analysis": {"core", "data"},
-    "run": {"core", "data", "model", "analysis"},
-    "infer": {"core", "data", "model", "analysis", "run"},
+    "pipeline": {"core", "data", "model"},
+    "run": {"core", "data", "model", "analysis", "pipeline"},
+    "infer": {"core", "data", "model", "analysis", "pipeline"},
 }
 
 
@@ -107,14 +110,33 @@ def test_no_import_cycle(modules):
             visit(name, [name])
 
 
+def test_infer_stands_beside_run_not_on_it(tmp_path):
+    """Inference reaches the model through the pipeline: an import of ``common.run`` in ``infer`` is reported."""
+    assert "run" not in ALLOWED["infer"]
+    root = tmp_path / "common"
+    (root / "infer").mkdir(parents=True)
+    (root / "run").mkdir()
+    (root / "run" / "evaluation.py").write_text("")
+    (root / "infer" / "lifting.py").write_text("from common.run.evaluation import evaluate\n")
+    assert layer_violations(find_modules(root)) == ["common.infer.lifting:1 imports common.run.evaluation"]
+
+
+def test_importing_infer_loads_neither_run_nor_a_plotting_library():
+    """``from common.infer import lift`` stays light: no training or process-group code, no matplotlib until a figure."""
+    code = ("import sys; from common.infer import lift; "
+            "print(' '.join(m for m in sys.modules if m.startswith(('common.run', 'matplotlib', 'diffusers'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert loaded.stdout.split() == [], f"importing common.infer loaded: {loaded.stdout.strip()}"
+
+
 def test_the_checker_sees_a_wrong_import(tmp_path):
     """The check above can fail: an upward import (model -> run) is reported, a downward one is not."""
     root = tmp_path / "common"
     (root / "model").mkdir(parents=True)
     (root / "run").mkdir()
-    (root / "model" / "bad.py").write_text("from common.run.config import Config\n")
+    (root / "model" / "bad.py").write_text("from common.pipeline.config import Config\n")
     (root / "run" / "good.py").write_text("from common.model import bad\n")
-    assert layer_violations(find_modules(root)) == ["common.model.bad:1 imports common.run.config"]
+    assert layer_violations(find_modules(root)) == ["common.model.bad:1 imports common.pipeline.config"]
 
 
 # Modules of the flat layout before the subpackages, and those split since; nothing may import them.

@@ -131,11 +131,6 @@ def protocol_joint_errors(predicted, target, protocol="mpjpe"):
     return joint_errors(_aligned(predicted, target, protocol), target)
 
 
-def mpjpe_per_sample(predicted, target):
-    """MPJPE (protocol 1) of each pose: (..., J, 3), (..., J, 3) -> (...), metres."""
-    return joint_errors(predicted, target).mean(dim=-1)
-
-
 def p_mpjpe_per_sample(predicted, target):
     """P-MPJPE (protocol 2, Procrustes-aligned) of each pose: (..., J, 3) -> (...), metres."""
     return protocol_joint_errors(predicted, target, "p_mpjpe").mean(dim=-1)

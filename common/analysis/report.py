@@ -19,12 +19,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from common.data.samples import H36M_KEY, parse_key
 from common.analysis.reliability import ReliabilityAccumulator, nearest_table
 from common.core.errors import BadInput, refuse
 from common.core.files import DiskFullError, output_folder, write_text
 from common.core.reading import read_npz
 from common.core.skeleton import NUM_JOINTS
+from common.data.samples import H36M_KEY, parse_key
 
 REQUIRED = {"keys": 1, "hypotheses": 4, "ground_truth": 3}
 

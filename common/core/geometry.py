@@ -77,28 +77,6 @@ def bbox_center_scale(points, aspect=CROP_WIDTH / CROP_HEIGHT, padding=1.25):
     return center.astype(np.float32), scale.astype(np.float32)
 
 
-def warp_affine(image, matrix, out_width=CROP_WIDTH, out_height=CROP_HEIGHT):
-    """Bilinear affine warp of an image, zero outside it, in float32 (masks, weights).
-
-    Each output pixel (x, y) samples the input at ``invert_affine(matrix) @ (x, y, 1)``,
-    pixel centres at integer coordinates, so a point ``p`` of the input lands at
-    ``apply_affine(p, matrix)`` in the output; neighbours outside the input count
-    as 0, so edges blend towards black. OpenCV's ``warpAffine`` (INTER_LINEAR,
-    constant border 0) does the sampling; for 8-bit crops use ``crop_image``.
-
-    Args:
-        image: (H, W, C) array, any real dtype, C at most 4.
-        matrix: 2x3 affine matrix taking input pixels to output pixels.
-    Returns:
-        (out_height, out_width, C) float32 array in the input's value range, unrounded.
-    """
-    image = np.asarray(image)
-    if image.ndim != 3:
-        raise ValueError(f"expected an (H, W, C) image, got shape {image.shape}")
-    warped = _cv2_warp(image.astype(np.float32), matrix, out_width, out_height)
-    return warped.reshape(out_height, out_width, image.shape[2])
-
-
 def _cv2_warp(image, matrix, out_width, out_height):
     return cv2.warpAffine(image, np.asarray(matrix, dtype=np.float64), (out_width, out_height),
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -30,8 +30,8 @@ Command line::
     python -m common.convert --validate webdataset/Human36m/train
 """
 import argparse
-import glob
 import concurrent.futures as futures
+import glob
 import hashlib
 import io
 import json
@@ -43,17 +43,18 @@ import sys
 from collections import Counter, defaultdict
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+import webdataset as wds
 from common.core import safe_pickle
 from common.core.errors import BadInput, refuse
-from common.data.loader import find_shards
 from common.core.files import DiskFullError, output_folder, write_text
 from common.core.reading import read_json, require_file
-from common.data.samples import PARTIAL_SUFFIX, ShardDataError, decode_sample, shard_writer
 from common.core.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
+from common.data.counts import record_counts
+from common.data.loader import find_shards
+from common.data.samples import PARTIAL_SUFFIX, ShardDataError, decode_sample, shard_writer
 
 SPLITS = ("train", "validation")
 SPLIT_SUBJECTS = {"train": H36M_TRAIN_SUBJECTS, "validation": H36M_TEST_SUBJECTS}
@@ -424,6 +425,9 @@ def convert_h36m(labels, images, out, split=None, subjects=None, shuffle=None, s
     all_skipped = skipped + [s for stats in shard_stats for s in stats["skipped"]]
     report.update(complete=True, summary=_summarise(shard_stats, all_skipped), skipped=all_skipped)
     _write_json(report_path, report)
+    names = {i: SHARD_PATTERN.format(i) for i in range(len(shard_stats))}
+    record_counts(out, {names[i]: stats["written"] for i, stats in enumerate(shard_stats)
+                        if os.path.isfile(os.path.join(out, names[i]))})
     return report
 
 

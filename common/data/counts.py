@@ -1,14 +1,11 @@
 """How many samples a pass over the shards will yield, for progress bars with a total and an ETA.
 
-The count of each shard comes from the cheapest source that can be trusted:
-
-1. ``conversion_report.json`` beside the shards (``common.data.convert``), when it is
-   complete and the shard still has the size the report recorded;
-2. ``manifest.json`` in the folder above (``common.synthetic.world``), when the shard
-   is listed there and was not modified after the manifest was written;
-3. the tar headers of the shard (no image is decoded), counted once and cached
-   in ``.sample_counts.json`` beside the shards, keyed by size and modification
-   time. A read-only shard folder is counted again in each run instead.
+The counts of a folder's shards live in ``.sample_counts.json`` beside them, each
+keyed by the shard's size and modification time, so that a shard changed since
+is counted again. Whoever writes shards records their counts there
+(``record_counts``: the converter and the synthetic generator do); any other
+shard is counted once from its tar headers (no image is decoded) and cached. A
+read-only shard folder is counted again in each run instead.
 
 Remote shards (``pipe:``, ``http://``, ...) are not counted: their bars have no total.
 """
@@ -18,14 +15,11 @@ import os
 import tarfile
 
 from common.core.files import write_text
-from common.data.convert import REPORT_NAME, SHARD_PATTERN
 from common.data.loader import ShardPlan, is_remote, sample_quota
 
 log = logging.getLogger(__name__)
 
 CACHE_NAME = ".sample_counts.json"
-# The synthetic generator's record of a folder (common.synthetic.world writes it).
-MANIFEST_NAME = "manifest.json"
 
 
 def _read_json(path):
@@ -34,40 +28,6 @@ def _read_json(path):
             return json.load(handle)
     except (OSError, ValueError):
         return None
-
-
-def _from_report(folder):
-    """{shard file name: samples} from a complete conversion report, for shards of the recorded size."""
-    report = _read_json(os.path.join(folder, REPORT_NAME))
-    if not isinstance(report, dict) or not report.get("complete"):
-        return {}
-    counts = {}
-    for index, stats in report.get("shards", {}).items():
-        name = SHARD_PATTERN.format(int(index))
-        path = os.path.join(folder, name)
-        if os.path.isfile(path) and os.path.getsize(path) == stats.get("bytes"):
-            counts[name] = int(stats["written"])
-    return counts
-
-
-def _from_manifest(folder):
-    """{shard file name: samples} from the synthetic generator's manifest one folder up."""
-    root = os.path.dirname(os.path.abspath(folder))
-    path = os.path.join(root, MANIFEST_NAME)
-    manifest = _read_json(path)
-    if not isinstance(manifest, dict) or "settings" not in manifest:
-        return {}
-    settings = manifest["settings"]
-    per_shard = int(settings["samples_per_shard"])
-    written = os.path.getmtime(path)
-    split = os.path.basename(os.path.abspath(folder))
-    total = settings["num_train"] if split == "train" else settings["num_test"]
-    counts = {}
-    for number, relative in enumerate(manifest.get("shards", {}).get(split, [])):
-        shard = os.path.join(root, relative)
-        if os.path.isfile(shard) and os.path.getmtime(shard) <= written:
-            counts[os.path.basename(relative)] = min(per_shard, total - number * per_shard)
-    return counts
 
 
 def count_tar_samples(path):
@@ -90,11 +50,34 @@ def _signature(path):
     return [status.st_size, status.st_mtime_ns]
 
 
+def _write_cache(folder, cache):
+    try:
+        write_text(os.path.join(folder, CACHE_NAME), json.dumps(cache, indent=1))
+    except OSError as error:  # a read-only dataset or a full disk: count again next time
+        log.debug("sample counts not cached in %s: %s", folder, error)
+
+
+def _read_cache(folder):
+    cache = _read_json(os.path.join(folder, CACHE_NAME))
+    return cache if isinstance(cache, dict) else {}
+
+
+def record_counts(folder, counts):
+    """Record ``counts`` ({shard file name: samples}) of shards just written into ``folder``.
+
+    For writers of shards, which know how many samples each holds: counting them
+    later reads no tar header. Each entry is keyed by the shard's current size and
+    modification time, so a shard rewritten afterwards is counted again.
+    """
+    cache = _read_cache(folder)
+    for name, samples in counts.items():
+        cache[name] = {"signature": _signature(os.path.join(folder, name)), "samples": int(samples)}
+    _write_cache(folder, cache)
+
+
 def _from_headers(folder, names):
-    """{shard file name: samples} from the tar headers, through the cache file of ``folder``."""
-    cache_path = os.path.join(folder, CACHE_NAME)
-    cache = _read_json(cache_path)
-    cache = cache if isinstance(cache, dict) else {}
+    """{shard file name: samples} of ``names``: recorded ones from the cache, others from their tar headers."""
+    cache = _read_cache(folder)
     counts, changed = {}, False
     for name in names:
         signature = _signature(os.path.join(folder, name))
@@ -105,10 +88,7 @@ def _from_headers(folder, names):
             changed = True
         counts[name] = int(entry["samples"])
     if changed:
-        try:
-            write_text(cache_path, json.dumps(cache, indent=1))
-        except OSError as error:  # a read-only dataset or a full disk: count again next time
-            log.debug("sample counts not cached in %s: %s", folder, error)
+        _write_cache(folder, cache)
     return counts
 
 
@@ -129,10 +109,7 @@ def count_samples(urls):
     known = {}
     try:
         for folder, names in by_folder.items():
-            counts = {**_from_manifest(folder), **_from_report(folder)}
-            missing = [name for name in names if name not in counts]
-            if missing:
-                counts.update(_from_headers(folder, missing))
+            counts = _from_headers(folder, names)
             known.update({os.path.join(folder, name): counts[name] for name in names})
     except (OSError, tarfile.TarError, KeyError, TypeError, ValueError) as error:
         log.warning("could not count the samples of the shards (%s); progress bars show no total", error)

@@ -18,8 +18,8 @@ from glob import escape, glob
 
 import numpy as np
 import torch
-import webdataset as wds
 
+import webdataset as wds
 from common.data.samples import ShardDataError, bad_sample, check_dataset, collate_samples, decode_sample
 
 log = logging.getLogger(__name__)
@@ -221,15 +221,15 @@ def default_num_workers():
 class _Decoder:
     """Picklable ``decode_sample`` stage with a per-consumer, per-epoch flip generator."""
 
-    def __init__(self, dataset, train, seed, epoch, plan, normalize=True):
+    def __init__(self, dataset, train, seed, epoch, plan, uint8_crops=True):
         self.dataset, self.train, self.seed, self.epoch, self.plan = dataset, train, seed, epoch, plan
-        self.normalize = normalize
+        self.uint8_crops = uint8_crops
         self.rng = None
 
     def __call__(self, sample):
         if self.rng is None:
             self.rng = np.random.default_rng([self.seed, self.epoch, self.plan.consumer()[0]])
-        return decode_sample(sample, self.dataset, self.train, self.rng, normalize=self.normalize)
+        return decode_sample(sample, self.dataset, self.train, self.rng, uint8_crops=self.uint8_crops)
 
 
 class ShardLoader:
@@ -242,7 +242,7 @@ class ShardLoader:
     """
 
     def __init__(self, urls, dataset, train, batch_size, num_workers=0, shuffle_buffer=1000,
-                 max_samples=None, skip_bad=False, seed=0, rank=None, world_size=None, uint8_crops=False):
+                 max_samples=None, skip_bad=False, seed=0, rank=None, world_size=None, uint8_crops=True):
         check_dataset(dataset)
         num_workers = default_num_workers() if num_workers is None else num_workers
         if batch_size < 1:
@@ -300,7 +300,7 @@ class ShardLoader:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
                                       seed=f"{self.seed}-{self.epoch}-{self.rank}-shuffle"))
         stages += [
-            wds.map(_Decoder(self.dataset, self.train, self.seed, self.epoch, plan, not self.uint8_crops),
+            wds.map(_Decoder(self.dataset, self.train, self.seed, self.epoch, plan, self.uint8_crops),
                     handler=skips),
             wds.batched(self.batch_size, collation_fn=collate_samples, partial=True),
             wds.pipelinefilter(_attach_skips)(skips),
@@ -350,7 +350,7 @@ class ShardLoader:
 
 
 def build_loader(source, dataset, train, batch_size, num_workers=0, shuffle_buffer=1000, max_samples=None,
-                 skip_bad=False, seed=0, split=None, rank=None, world_size=None, uint8_crops=False):
+                 skip_bad=False, seed=0, split=None, rank=None, world_size=None, uint8_crops=True):
     """Batches of decoded samples from released-layout shards.
 
     Args:
@@ -372,12 +372,14 @@ def build_loader(source, dataset, train, batch_size, num_workers=0, shuffle_buff
         rank, world_size: this process among several; default to
             torch.distributed's (0 and 1 when it is not initialized).
         uint8_crops: batches carry the 8-bit crops, ``crop`` (B, 256, 192, 3) uint8,
-            instead of ``image``: an eighth of the bytes (a sixteenth in evaluation, where
-            the mirror image is not made here); ``samples.device_images`` normalises
-            them (and adds the mirror view) on the device, for the whole batch at once.
+            instead of ``image`` (the default: training, evaluation and the pipeline read
+            so): an eighth of the bytes (a sixteenth in evaluation, where the mirror image
+            is not made here); ``samples.device_images`` normalises them (and adds the
+            mirror view) on the device, for the whole batch at once. False: normalised
+            ``image`` (B, 3, 256, 192), or (B, 2, 3, 256, 192) in test mode.
     Returns:
-        ShardLoader: iterating gives dicts with ``image`` (B, 3, 256, 192) in
-        training or (B, 2, 3, 256, 192) in evaluation, ``keypoints_3d`` (B, 1, 17, 3),
+        ShardLoader: iterating gives dicts with ``crop`` (B, 256, 192, 3) uint8 (or
+        ``image``, see ``uint8_crops``), ``keypoints_3d`` (B, 1, 17, 3),
         ``keypoints_2d``/``keypoints_2d_crop``/``ref`` (B, 17, 2) or (B, 2, 17, 2),
         and lists ``key``, ``subject``, ``action``. Across processes and workers,
         an evaluation pass yields every sample exactly once.

@@ -26,16 +26,20 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-import webdataset as wds
 
+import webdataset as wds
 from common.core import safe_pickle
 from common.core.errors import BadInput
 from common.core.files import atomic_write
-from common.data.decode import decode_rgb
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, PIXEL_STD, crop_image
 from common.core.skeleton import (
-    DATASETS, NUM_JOINTS, flip_keypoints_crop, flip_keypoints_normalized, flip_pose_3d,
+    DATASETS,
+    NUM_JOINTS,
+    flip_keypoints_crop,
+    flip_keypoints_normalized,
+    flip_pose_3d,
 )
+from common.data.decode import decode_rgb
 
 # The reader's image normalisation (RGB / 255, then per channel): ImageNet's mean and std.
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -143,20 +147,20 @@ def normalize_crops(crops, mirror=False):
     return images.contiguous()
 
 
-def device_images(batch, device):
+def device_images(batch, device, test):
     """The normalised images of a loader batch, on ``device``.
 
-    A batch of uint8 crops (``crop`` (B, 256, 192, 3), from ``build_loader(uint8_crops=True)``)
-    is moved as 8 bits and normalised there; a test batch (2D inputs of two views,
-    ``keypoints_2d`` (B, 2, 17, 2)) gains the mirror view there too. A batch of
-    normalised ``image`` is moved as it is.
+    A batch of uint8 crops (``crop`` (B, 256, 192, 3), the loader's default) is moved
+    as 8 bits and normalised there; a test batch (``test=True``: both flip-test
+    views) gains the mirror view there too. A batch of normalised ``image``
+    (``build_loader(uint8_crops=False)``) is moved as it is.
     Returns:
         (B, 3, 256, 192) for training batches, (B, 2, 3, 256, 192) for test batches; float32.
     """
     if "crop" not in batch:
         return batch["image"].to(device, non_blocking=True)
     crops = batch["crop"].to(device, non_blocking=True)
-    return normalize_crops(crops, mirror=batch["keypoints_2d"].dim() == 4)
+    return normalize_crops(crops, mirror=test)
 
 
 def _read_image(sample, shard, key):
@@ -255,7 +259,7 @@ def read_pose_3d(sample, dataset):
     return _root_relative_metres(arrays["joints_3d"], millimetres=dataset == "mpi")
 
 
-def decode_sample(sample, dataset, train, rng=None, normalize=True):
+def decode_sample(sample, dataset, train, rng=None, uint8_crops=False):
     """Turn one raw WebDataset sample into model inputs and targets.
 
     Human3.6M frames are cropped from the pyd's ``center``/``scale`` (``docs/formats.md``, Crop);
@@ -268,7 +272,7 @@ def decode_sample(sample, dataset, train, rng=None, normalize=True):
         train: True flips image, 2D and 3D together with probability 0.5; False
             returns the original and its flip stacked on a leading axis of 2.
         rng: numpy Generator for the training flip (a fresh unseeded one if None).
-        normalize: False returns the 8-bit crop as ``crop`` (256, 192, 3) uint8 (in
+        uint8_crops: return the 8-bit crop as ``crop`` (256, 192, 3) uint8 (in
             training flipped with the 2D and 3D) instead of ``image``, and no mirror
             image in test mode: ``normalize_crops``/``device_images`` make both later,
             for a whole batch at once.
@@ -285,7 +289,7 @@ def decode_sample(sample, dataset, train, rng=None, normalize=True):
     shard = sample.get("__url__", "<unknown shard>")
     key = sample.get("__key__", "<no key>")
     try:
-        return _decode(sample, dataset, train, rng, shard, key, normalize)
+        return _decode(sample, dataset, train, rng, shard, key, not uint8_crops)
     except ShardDataError:
         raise
     except Exception as exn:  # anything unforeseen still says where it happened

@@ -1,4 +1,4 @@
-"""``python -m common.infer``: lift images, folders or videos (see ``common.infer.lifting``)."""
-from common.infer.lifting import main
+"""``python -m common.infer``: lift images, folders or videos (see ``common.infer.cli``)."""
+from common.infer.cli import main
 
 raise SystemExit(main())

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from common.core.files import atomic_write
 from common.analysis.figures import VIEWPOINTS, draw_pose_2d, draw_pose_3d, frame_pose_axes, upright
+from common.core.files import atomic_write
 from common.core.geometry import PIXEL_STD
 
 SPREAD_COLORMAP = "plasma"

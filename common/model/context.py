@@ -12,9 +12,9 @@ the 192x256 crop (crop pixels / (96, 128) - 1), grid-sampled with
 """
 import math
 
-from einops import rearrange
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -22,7 +22,9 @@ class DropPath(nn.Module):
     """Stochastic depth: drops a whole residual branch per sample in training.
 
     Surviving samples are scaled by 1 / (1 - rate) so the expectation is
-    unchanged; in eval mode (or with rate 0) it is the identity.
+    unchanged; in eval mode (or with rate 0) it is the identity. The decisions
+    are drawn from torch's global generator (timm's ``DropPath``, the
+    original's), or given explicitly as ``keep`` (then in any mode).
     """
 
     def __init__(self, rate=0.0):
@@ -31,7 +33,18 @@ class DropPath(nn.Module):
             raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
         self.rate = rate
 
-    def forward(self, x):
+    def forward(self, x, keep=None):
+        """
+        Args:
+            x: (B, ...) the residual branch's output.
+            keep: optional (B,) decisions, 1 (or True) keeps a sample's branch, 0 drops it.
+        """
+        if keep is not None:
+            if keep.shape != x.shape[:1]:
+                raise ValueError(f"expected one keep decision per sample, shape ({x.shape[0]},), "
+                                 f"got {tuple(keep.shape)}")
+            mask = keep.to(x.dtype).reshape((x.shape[0],) + (1,) * (x.dim() - 1))  # (B, 1, ...)
+            return x * mask / (1.0 - self.rate)
         if not self.training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
@@ -118,12 +131,14 @@ class DeformableContextBlock(nn.Module):
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
 
-    def forward(self, tokens, ref, features):
+    def forward(self, tokens, ref, features, keep=None):
         """
         Args:
             tokens: (B, 5, J, dim): pose token, then one token per level.
             ref: (B, J, 2) reference points (x, y) in [-1, 1].
             features: four maps (B, C_l, h_l, w_l).
+            keep: optional (B, 2) stochastic-depth decisions of the deformable and the MLP
+                branch (1 keeps); None draws them in training (``DropPath``).
         Returns:
             (B, 5, J, dim), the pose token unchanged.
         """
@@ -140,6 +155,24 @@ class DeformableContextBlock(nn.Module):
             samples = rearrange(samples, "b j (heads s) d -> b j heads s d", heads=self.num_heads)
             per_head = (samples * weights[:, level, ..., None]).sum(dim=3)  # (B, J, heads, dim / heads)
             attended.append(rearrange(per_head, "b j heads d -> b j (heads d)"))
-        levels = levels + self.drop_path(torch.stack(attended, dim=1))  # (B, 4, J, dim)
-        levels = levels + self.drop_path(self.mlp(self.norm2(levels)))
+        branch_keep = (None, None) if keep is None else (keep[:, 0], keep[:, 1])
+        levels = levels + self.drop_path(torch.stack(attended, dim=1), branch_keep[0])  # (B, 4, J, dim)
+        levels = levels + self.drop_path(self.mlp(self.norm2(levels)), branch_keep[1])
         return torch.cat([pose, levels], dim=1)
+
+
+def draw_keep_decisions(rates, batch_size, generator=None, device=None):
+    """Stochastic-depth decisions of the context blocks for ``batch_size`` samples.
+
+    One Bernoulli(1 - rate) per sample, block and branch (the deformable and the
+    MLP branch), the law ``DropPath`` draws in training: shared over joints and levels.
+
+    Args:
+        rates: the blocks' drop rates, e.g. ``SnapPoseDenoiser.context_drop_rates``.
+        generator: a ``torch.Generator`` (None: torch's global one).
+    Returns:
+        (batch_size, len(rates), 2) bool, True where the branch is kept.
+    """
+    keep_probability = 1.0 - torch.tensor(rates, dtype=torch.float64, device=device)  # (blocks,)
+    uniform = torch.rand((batch_size, len(rates), 2), generator=generator, dtype=torch.float64, device=device)
+    return uniform < keep_probability[None, :, None]

@@ -17,7 +17,7 @@ Two halves (names in brackets are state-dict prefixes, as in the released
 
 Hypotheses (B, H, 1, J, 3) share their sample's context: ``denoise`` expands
 the context over them instead of recomputing it, which is what makes
-``common.model.diffusion.ddim_sample`` cheap.
+``common.model.samplers.sample`` cheap.
 
 Modes: stochastic depth (rates linspace(0, drop_path_rate, depth) by block
 index, in the context, res and joint blocks alike) acts only in ``train()``
@@ -27,13 +27,13 @@ mode like every other layer, as in the original training.
 """
 import math
 
-from einops import rearrange, repeat
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
-from common.model.context import DeformableContextBlock, DropPath, Mlp, sample_features
 from common.core.skeleton import NUM_JOINTS
+from common.model.context import DeformableContextBlock, DropPath, Mlp, sample_features
 
 NUM_CONTEXT_TOKENS = 5  # pose token + 4 levels
 CONTEXT_PREFIXES = ("coord_embed.", "feat_embed.", "Spatial_pos_embed", "context_blocks.")
@@ -157,13 +157,21 @@ class SnapPoseDenoiser(nn.Module):
         )
         self.head = nn.Sequential(nn.LayerNorm(joint_dim), nn.Linear(joint_dim, 3))
 
-    def encode_context(self, keypoints_2d, ref, features):
+    @property
+    def context_drop_rates(self):
+        """Stochastic-depth rates of the four context blocks, e.g. (0, 0.067, 0.133, 0.2) released."""
+        return tuple(block.drop_path.rate for block in self.context_blocks)
+
+    def encode_context(self, keypoints_2d, ref, features, keep=None):
         """Steps 1-2 of ``docs/formats.md`` (Networks, Denoiser) and the ablation switches.
 
         Args:
             keypoints_2d: (B, 1, J, 2) normalized screen coordinates.
             ref: (B, J, 2) crop positions (x, y) in [-1, 1].
             features: four maps (B, C_l, h_l, w_l).
+            keep: optional (B, 4, 2) stochastic-depth decisions per context block and
+                branch (``context.draw_keep_decisions``), applied in any mode; None: the
+                blocks draw their own in training and apply none in evaluation.
         Returns:
             context (B, 5, J, c): pose token, then levels 1-4.
         """
@@ -178,8 +186,10 @@ class SnapPoseDenoiser(nn.Module):
         at_joints = ref[:, :, None, :]  # (B, J, 1, 2): one sample per joint
         levels = [embed(sample_features(f, at_joints, "zeros")[:, :, 0]) for f, embed in zip(features, self.feat_embed)]
         tokens = torch.cat([pose, torch.stack(levels, dim=1)], dim=1) + self.Spatial_pos_embed  # (B, 5, J, c)
-        for block in self.context_blocks:
-            tokens = block(tokens, ref, features)
+        if keep is not None and keep.shape != (B, len(self.context_blocks), 2):
+            raise ValueError(f"expected keep decisions (B={B}, {len(self.context_blocks)}, 2), got {tuple(keep.shape)}")
+        for index, block in enumerate(self.context_blocks):
+            tokens = block(tokens, ref, features, None if keep is None else keep[:, index])
 
         if self.mask_pose:
             tokens = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, 1:]], dim=1)

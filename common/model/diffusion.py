@@ -1,33 +1,20 @@
-"""DDPM training objective and DDIM sampling of 3D poses (diffusers schedulers).
+"""DDPM training objective of 3D poses (diffusers' ``DDPMScheduler``).
 
 Poses are root-relative, in metres. Training: epsilon prediction with
-``DDPMScheduler`` (linear betas 1e-4 to 0.02), uniform timesteps, MSE.
-Sampling: ``DDIMScheduler`` with diffusers' defaults (eta 0, "leading"
-spacing, clip_sample=True, so each predicted x_0 is clamped to [-1, 1] m),
-from x_T ~ N(0, I). Both schedulers come from their config, as diffusers
-intends, so a saved config rebuilds them exactly. Faster samplers on the same
-schedule (DDIM with trailing spacing, DPM-Solver++, UniPC) live in
-``common.model.samplers`` and are re-exported here: ``sample(..., sampler=...)``,
-``SAMPLERS``.
+``DDPMScheduler`` (its defaults: linear betas 1e-4 to 0.02), uniform timesteps,
+MSE. The samplers (``common.model.samplers``) build their schedulers from this
+scheduler's config (diffusers' ``from_config``), so sampling always runs on the
+schedule the denoiser was trained on.
 """
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler
-
-from common.model.samplers import SAMPLERS, make_sampling_scheduler, sample
-
-__all__ = ["SAMPLERS", "ddim_sample", "diffusion_loss", "make_ddim_scheduler", "make_ddpm_scheduler",
-           "make_sampling_scheduler", "sample"]
 
 
 def make_ddpm_scheduler(num_train_timesteps=100):
     """The training scheduler: ``DDPMScheduler(num_train_timesteps)`` with its defaults."""
+    from diffusers import DDPMScheduler  # diffusers takes seconds to import: only when a schedule is needed
+
     return DDPMScheduler(num_train_timesteps=num_train_timesteps)
-
-
-def make_ddim_scheduler(num_train_timesteps=100):
-    """The sampling scheduler: ``DDIMScheduler(num_train_timesteps)`` with its defaults."""
-    return DDIMScheduler(num_train_timesteps=num_train_timesteps)
 
 
 def diffusion_loss(denoiser, pose_3d, keypoints_2d, ref, features, scheduler, generator=None):
@@ -64,27 +51,3 @@ def epsilon_loss(predict_noise, pose_3d, scheduler, generator=None):
     noise = torch.randn(pose_3d.shape, generator=generator, device=pose_3d.device, dtype=pose_3d.dtype)
     noisy = scheduler.add_noise(pose_3d, noise, t)
     return F.mse_loss(predict_noise(noisy, t), noise)
-
-
-def ddim_sample(denoiser, noise, keypoints_2d, ref, features, num_steps, num_train_timesteps=100, progress=False):
-    """Run K DDIM steps from ``noise`` and return the final x_0: the paper's sampler.
-
-    ``common.model.samplers.sample`` with ``sampler="ddim"`` in fp32. The context
-    (pose token and deformable blocks) depends on neither the noisy pose nor
-    the timestep, so it is computed once per batch; every step then runs only
-    ``denoiser.denoise``, with the H hypotheses folded into the batch there.
-    The feature maps are never copied per hypothesis. The result equals a loop
-    of full forwards through the same scheduler.
-
-    Args:
-        denoiser: a ``SnapPoseDenoiser`` (put it in eval mode first).
-        noise: (B, H, 1, J, 3) initial x_T, usually ``torch.randn``.
-        keypoints_2d: (B, 1, J, 2); ref: (B, J, 2); features: four maps (B, C_l, h_l, w_l).
-        num_steps: K, the number of DDIM steps (1 <= K <= num_train_timesteps).
-        num_train_timesteps: the training schedule's length.
-        progress: show a progress bar over the steps.
-    Returns:
-        (B, H, 1, J, 3), metres; the root joint is not zeroed (the caller does that).
-    """
-    return sample(denoiser, noise, keypoints_2d, ref, features, num_steps, sampler="ddim",
-                  num_train_timesteps=num_train_timesteps, progress=progress)

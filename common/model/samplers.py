@@ -33,19 +33,20 @@ import torch
 from tqdm.auto import tqdm
 
 from common.model.acceleration import autocast
+from common.model.diffusion import make_ddpm_scheduler
 
-# The schedule the denoiser was trained on (DDPMScheduler's defaults; see common.model.diffusion).
-TRAINING_SCHEDULE = {"beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon"}
 # The x_0 clamp of DDIM's clip_sample, for the schedulers that spell it as thresholding.
 _CLAMP_X0 = {"thresholding": True, "sample_max_value": 1.0}
 
-# Sampler name -> (diffusers scheduler class name, options beyond the training schedule). Class names,
+# Sampler name -> (diffusers scheduler class name, options beyond the training scheduler's config; the
+# multistep schedulers keep their own "linspace" spacing, not DDPM's "leading"). Class names,
 # not classes, so that the command line and the config know the names without importing diffusers.
 _SCHEDULERS = {
     "ddim": ("DDIMScheduler", {}),
     "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, **_CLAMP_X0}),
-    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, **_CLAMP_X0}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                              "timestep_spacing": "linspace", **_CLAMP_X0}),
+    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, "timestep_spacing": "linspace", **_CLAMP_X0}),
 }
 SAMPLERS = tuple(_SCHEDULERS)
 
@@ -84,52 +85,52 @@ class SamplingConfig:
 def make_sampling_scheduler(sampler="ddim", num_train_timesteps=100):
     """A fresh diffusers scheduler for ``sampler`` (one of ``SAMPLERS``) on the training schedule.
 
-    Multistep schedulers keep state between steps: build one per sampling run.
+    Built with diffusers' ``from_config`` from the training scheduler's own config
+    (``common.model.diffusion.make_ddpm_scheduler``), so betas and the prediction
+    type are the training's by construction. Multistep schedulers keep state
+    between steps: build one per sampling run.
     """
     if sampler not in _SCHEDULERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
     import diffusers
 
     name, options = _SCHEDULERS[sampler]
-    return getattr(diffusers, name)(num_train_timesteps=num_train_timesteps, **TRAINING_SCHEDULE, **options)
+    return getattr(diffusers, name).from_config(make_ddpm_scheduler(num_train_timesteps).config, **options)
 
 
 @torch.no_grad()
-def sample(denoiser, noise, keypoints_2d, ref, features, num_steps, sampler="ddim", num_train_timesteps=100,
-           precision="fp32", progress=False):
-    """Run ``num_steps`` steps of ``sampler`` from ``noise`` and return the final x_0.
+def sample(denoiser, context, noise, sampling=SamplingConfig(), progress=False):
+    """Run ``sampling.steps`` steps of ``sampling.sampler`` from ``noise`` and return the final x_0.
 
     The context (pose token and deformable blocks) depends on neither the noisy
-    pose nor the timestep, so it is computed once per batch; every step then
-    runs only ``denoiser.denoise``, with the H hypotheses folded into the batch
-    there. With ``sampler="ddim"`` and fp32 this is ``common.model.diffusion.ddim_sample``.
+    pose nor the timestep, so the caller computes it once per batch
+    (``denoiser.encode_context``); every step then runs only ``denoiser.denoise``,
+    with the H hypotheses folded into the batch there.
 
     Args:
-        denoiser: anything with ``encode_context`` and ``denoise`` as ``SnapPoseDenoiser``
-            (in eval mode), e.g. ``common.model.acceleration.compile_denoiser(denoiser)``.
+        denoiser: anything with ``denoise(context, noisy_3d, t)`` as ``SnapPoseDenoiser``
+            (in eval mode), e.g. ``common.model.acceleration.compile_denoiser(denoiser)``
+            or an ONNX graph of the step (``common.pipeline.onnx``).
+        context: (B, 5, J, c) from ``denoiser.encode_context(keypoints_2d, ref, features)``.
         noise: (B, H, 1, J, 3) initial x_T, usually ``torch.randn``, float32.
-        keypoints_2d: (B, 1, J, 2); ref: (B, J, 2); features: four maps (B, C_l, h_l, w_l).
-        num_steps: K, denoiser calls (1 <= K <= num_train_timesteps).
-        sampler: one of ``SAMPLERS``.
-        num_train_timesteps: the training schedule's length.
-        precision: "fp32", "bf16" or "fp16": autocast of the denoiser's calls.
+        sampling: a ``SamplingConfig``; its sampler, steps (K denoiser calls,
+            1 <= K <= num_train_timesteps), num_train_timesteps and precision
+            (autocast of the denoiser's calls) are used here.
         progress: show a progress bar over the steps.
     Returns:
         (B, H, 1, J, 3) float32, metres; the root joint is not zeroed (the caller does that).
     """
     if noise.dim() != 5:
         raise ValueError(f"expected noise (B, H, 1, J, 3), got {tuple(noise.shape)}")
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    scheduler = make_sampling_scheduler(sampler, num_train_timesteps)
-    scheduler.set_timesteps(num_steps)
-    with autocast(noise.device, precision):
-        context = denoiser.encode_context(keypoints_2d, ref, features)
+    if not 1 <= sampling.steps <= sampling.num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {sampling.num_train_timesteps}], got {sampling.steps}")
+    scheduler = make_sampling_scheduler(sampling.sampler, sampling.num_train_timesteps)
+    scheduler.set_timesteps(sampling.steps)
     B = noise.shape[0]
     x = noise
-    for timestep in tqdm(scheduler.timesteps, desc=sampler, leave=False, disable=not progress):
+    for timestep in tqdm(scheduler.timesteps, desc=sampling.sampler, leave=False, disable=not progress):
         t = torch.full((B,), int(timestep), dtype=torch.long, device=noise.device)
-        with autocast(noise.device, precision):
+        with autocast(noise.device, sampling.precision):
             predicted = denoiser.denoise(context, x, t)
         x = scheduler.step(predicted.float(), int(timestep), x).prev_sample
     return x

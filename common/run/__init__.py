@@ -1,7 +1,9 @@
-"""A training or evaluation run: its configuration (``config``, ``original_config``),
-the command line of the entry scripts (``cli``), training (``training``) with the
-context cache (``context_cache``), evaluation (``evaluation``), processes under
-torchrun (``distributed``) and the lock on an output folder (``runlock``).
+"""A training or evaluation run: the command line of the entry scripts (``cli``),
+training (``training``) with the context cache (``context_cache``) and the feature
+cache (``feature_cache``), evaluation (``evaluation``), seeding every random
+generator of a run (``seeding``), processes under torchrun (``distributed``) and
+the lock on an output folder (``runlock``). The model is applied through
+``common.pipeline``; the run's configuration lives there too (``common.pipeline.config``).
 
-May import ``common.core``, ``common.data``, ``common.model`` and ``common.analysis``.
+May import ``common.core``, ``common.data``, ``common.model``, ``common.analysis`` and ``common.pipeline``.
 """

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from common.core.errors import BadInput, one_line, refuse
 from common.core.files import DiskFullError
-from common.run import distributed
 from common.model.acceleration import PRECISIONS
-from common.run.config import load_config, output_paths
-from common.run.runlock import RunLockError, check_output_dir, run_lock
 from common.model.samplers import SAMPLERS
+from common.pipeline.config import load_config, output_paths
+from common.run import distributed
+from common.run.runlock import RunLockError, check_output_dir, run_lock
 
 DATASET_TITLES = {"h36m": "Human3.6M", "mpi": "MPI-INF-3DHP"}
 
@@ -47,6 +47,7 @@ FLAG_TO_CONFIG = {
     "save_predictions": "evaluation.save_predictions",
     "visualize": "evaluation.visualize",
     "context_cache": "train.context_cache",
+    "context_cache_draws": "train.context_cache_draws",
     "sampler": "evaluation.sampler",
     "precision": "evaluation.precision",
     "val_sampler": "train.val_sampler",
@@ -117,6 +118,9 @@ def build_parser(dataset):
     new.add_argument("--context-cache", choices=("off", "memory", "disk"),
                      help="train from the frozen context computed once per sample and view, without images "
                           "or the backbone (needs the CA-PF weights; 'disk' keeps it in the -c directory)")
+    new.add_argument("--context-cache-draws", type=int, metavar="R",
+                     help="contexts kept per sample and view: 0 the eval-mode context (no stochastic depth of "
+                          "the frozen blocks), R >= 1 draws of it, one read per epoch (docs/training.md)")
     new.add_argument("--skip-bad", action="store_true",
                      help="skip malformed samples (counted and reported) instead of stopping")
     new.add_argument("--allow-train-split", action="store_true",

@@ -10,116 +10,44 @@ options (``evaluation.sampler``, ``.precision``, ``.compile``; defaults: the
 paper's DDIM in fp32, eager), recorded in ``metrics.json``. The initial noise of a sample is seeded by its key, so the
 predictions do not depend on the batch size or on the number of processes.
 """
+import dataclasses
 import json
 import logging
-import zlib
 from pathlib import Path
 
 import numpy as np
-from einops import rearrange
 import torch
 from tqdm import tqdm
 
-from common.run import distributed
-from common.model.checkpoints import load_snappose_weights
-from common.model.acceleration import compile_denoiser, prepare_backbone, run_backbone
-from common.run.config import config_to_dict, output_paths
-from common.data.loader import DEFAULT_SPLITS, build_loader
-from common.data.samples import device_images
-from common.model.diffusion import sample as sample_poses
-from common.model.samplers import SamplingConfig
+from common.analysis.figures import draw_sample, draw_summary
 from common.analysis.metrics import AGGREGATIONS, hypothesis_joint_errors
 from common.analysis.reliability import ReliabilityAccumulator
-from common.data.counts import samples_per_pass
-from common.core.skeleton import ROOT_JOINT, flip_pose_3d
 from common.core.files import atomic_write, write_text
+from common.data.counts import samples_per_pass
+from common.data.loader import DEFAULT_SPLITS, build_loader
+from common.data.samples import device_images
 from common.data.splits import evaluation_shards
-from common.analysis.figures import draw_sample, draw_summary
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import config_to_dict, output_paths
+from common.run import distributed
+from common.run.context_cache import describe_checkpoint
 
 log = logging.getLogger(__name__)
 
-def initial_noise(keys, num_proposals, seed, device):
-    """x_T ~ N(0, I) of shape (B, H, 1, 17, 3), each sample's drawn from a generator seeded by its key."""
-    noise = []
-    for key in keys:
-        generator = torch.Generator().manual_seed((zlib.crc32(str(key).encode()) + 7919 * seed) % 2**63)
-        noise.append(torch.randn((num_proposals, 1, 17, 3), generator=generator))
-    return torch.stack(noise).to(device)  # (B, H, 1, 17, 3)
-
-
 @torch.no_grad()
-def predict_hypotheses(backbone, denoiser, batch, sampling=SamplingConfig()):
-    """Draw H hypotheses for a test batch.
-
-    Args:
-        backbone, denoiser: networks in eval mode (the denoiser unwrapped from DDP).
-        batch: a test batch of ``common.data.loader.build_loader``: image (B, 2, 3, 256, 192),
-            keypoints_2d (B, 2, 17, 2), ref (B, 2, 17, 2), key (B,);
-            view 0 is the original, view 1 the mirror image.
-        sampling: a ``common.model.samplers.SamplingConfig``: H, K, sampler, seed;
-            ``flip`` runs both views and averages (off: view 0 only); ``precision``
-            autocasts backbone and denoiser (prepare the backbone with
-            ``common.model.acceleration.prepare_backbone``).
-    Returns:
-        (B, H, 17, 3) root-relative hypotheses in metres, root exactly 0.
-    """
-    device = next(denoiser.parameters()).device
-    s = sampling
-    images, keypoints, ref = stack_views(batch, s.flip, device)
-    features = run_backbone(backbone, images, s.precision)
-    views = 2 if s.flip else 1
-    noise = initial_noise(batch["key"], s.hypotheses, s.seed, device).repeat(views, 1, 1, 1, 1)  # (V*B, H, 1, 17, 3)
-    sample = sample_poses(denoiser, noise, keypoints, ref, features, s.steps, s.sampler, s.num_train_timesteps,
-                          s.precision)
-    return merge_views(sample, s.flip)
-
-
-def stack_views(batch, flip_test, device):
-    """A test batch's views, view-major (the first B rows the originals, the next B their mirrors).
-
-    Returns:
-        images (V*B, 3, 256, 192), keypoints (V*B, 1, 17, 2), ref (V*B, 17, 2) on ``device``;
-        V = 2 with ``flip_test``, else 1.
-    """
-    views = 2 if flip_test else 1
-    images = device_images(batch, device)[:, :views]
-    keypoints = batch["keypoints_2d"][:, :views].to(device)
-    ref = batch["ref"][:, :views].to(device)
-    images = rearrange(images, "b v c h w -> (v b) c h w")
-    keypoints = rearrange(keypoints, "b v j xy -> (v b) 1 j xy")
-    ref = rearrange(ref, "b v j xy -> (v b) j xy")
-    return images, keypoints, ref
-
-
-def merge_views(sample, flip_test):
-    """Sampled poses of ``stack_views``' rows (V*B, H, 1, 17, 3) -> (B, H, 17, 3), root exactly 0.
-
-    With ``flip_test`` the mirror view's hypotheses are un-flipped and averaged
-    with the original's, hypothesis by hypothesis.
-    """
-    views = 2 if flip_test else 1
-    sample = rearrange(sample[:, :, 0], "(v b) h j xyz -> v b h j xyz", v=views)
-    poses = sample[0]
-    if flip_test:
-        poses = (poses + flip_pose_3d(sample[1])) / 2
-    poses = poses.clone()
-    poses[..., ROOT_JOINT, :] = 0
-    return poses
-
-
-@torch.no_grad()
-def run_evaluation(backbone, denoiser, loader, dataset, sampling=SamplingConfig(), keep_predictions=False,
-                   figures_dir=None, num_figures=0, desc="evaluate"):
+def run_evaluation(pipeline, loader, dataset, keep_predictions=False, figures_dir=None, num_figures=0,
+                   desc="evaluate"):
     """Score every sample of ``loader`` once across all processes.
 
     Args:
+        pipeline: a ``common.pipeline.SnapPosePipeline`` (its denoiser in eval mode),
+            which draws the hypotheses as its ``sampling`` says.
         loader: test batches (``build_loader(..., train=False)``), split over processes.
         dataset: "h36m" or "mpi" (which metrics are reported).
         keep_predictions: also return keys, hypotheses and ground truth of all samples.
         figures_dir, num_figures: draw the first ``num_figures`` samples of the
             main process as PNG files into ``figures_dir``, and ``summary.png``
             (``visualization.draw_summary``) of all samples.
-        sampling: a ``common.model.samplers.SamplingConfig``, as ``predict_hypotheses``.
     Returns:
         (accumulator, predictions): a ``ReliabilityAccumulator`` holding every
         process's samples (its ``summary()`` in millimetres and percent, with the
@@ -127,7 +55,6 @@ def run_evaluation(backbone, denoiser, loader, dataset, sampling=SamplingConfig(
         if kept, {"keys" (N,), "hypotheses" (N, H, 17, 3), "ground_truth" (N, 17, 3)}
         in metres; else None.
     """
-    denoiser.eval()
     accumulator = ReliabilityAccumulator(dataset)
     kept = {"keys": [], "hypotheses": [], "ground_truth": []}
     # MPI's PCK curve in the summary figure needs per-joint errors, which the accumulator does not keep.
@@ -136,7 +63,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, sampling=SamplingConfig(
     main = distributed.is_main_process()
     progress = tqdm(desc=desc, unit="sample", total=samples_per_pass(loader), disable=not main, dynamic_ncols=True)
     for batch in loader:
-        hypotheses = predict_hypotheses(backbone, denoiser, batch, sampling).cpu()
+        hypotheses = pipeline(batch).cpu()
         target = batch["keypoints_3d"][:, 0].to(hypotheses.dtype)  # (B, 17, 3)
         accumulator.update(hypotheses, target, batch.get("action"), batch.get("subject"))
         if curve_errors is not None:
@@ -147,7 +74,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, sampling=SamplingConfig(
             kept["hypotheses"].append(hypotheses.numpy().astype(np.float32))
             kept["ground_truth"].append(target.numpy().astype(np.float32))
         if main and figures_dir is not None and drawn < num_figures:
-            images = device_images(batch, "cpu")
+            images = device_images(batch, "cpu", test=True)
             for i in range(min(num_figures - drawn, len(target))):
                 draw_sample(Path(figures_dir) / f"{batch['key'][i]}.png", images[i, 0],
                             batch["keypoints_2d_crop"][i, 0], hypotheses[i], target[i],
@@ -168,7 +95,7 @@ def run_evaluation(backbone, denoiser, loader, dataset, sampling=SamplingConfig(
     predictions = None
     if keep_predictions:
         local = {"keys": np.asarray(kept["keys"], dtype=str),
-                 "hypotheses": _concat(kept["hypotheses"], (0, sampling.hypotheses, 17, 3)),
+                 "hypotheses": _concat(kept["hypotheses"], (0, pipeline.sampling.hypotheses, 17, 3)),
                  "ground_truth": _concat(kept["ground_truth"], (0, 17, 3))}
         gathered = distributed.gather_arrays(local)
         predictions = gathered if main else None
@@ -223,24 +150,20 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     urls, split = evaluation_shards(cfg.data.root, cfg.dataset, cfg.data.allow_train_split)
     device = distributed.resolve_device(device)
     paths = output_paths(cfg)
-    backbone, denoiser = cfg.networks(device, trust_checkpoint)
-    checkpoint = load_snappose_weights(denoiser, weights, trust_checkpoint)
-    e, sampling = cfg.evaluation, cfg.sampling()
-    prepare_backbone(backbone, sampling.precision)
-    sampling_denoiser = compile_denoiser(denoiser, sampling.compile)
+    pipeline, checkpoint = SnapPosePipeline.from_config(cfg, weights, device, trust_checkpoint=trust_checkpoint)
+    e, sampling = cfg.evaluation, pipeline.sampling
     loader = build_loader(urls, cfg.dataset, train=False, batch_size=cfg.data.eval_batch_size,
                           num_workers=cfg.data.num_workers, max_samples=cfg.data.max_eval_samples,
-                          skip_bad=cfg.data.skip_bad, seed=cfg.seed, uint8_crops=True)
+                          skip_bad=cfg.data.skip_bad, seed=cfg.seed)
     log.info("evaluating %s: %s", weights, sampling.describe())
     accumulator, predictions = run_evaluation(
-        backbone, sampling_denoiser, loader, cfg.dataset, sampling, keep_predictions=paths.predictions is not None,
+        pipeline, loader, cfg.dataset, keep_predictions=paths.predictions is not None,
         figures_dir=paths.figures if e.visualize else None, num_figures=e.visualize)
     summary = accumulator.summary()
     skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
-                   split=split, num_shards=len(urls), num_proposals=e.num_proposals, timesteps=e.timesteps,
-                   flip_test=e.flip_test, sampler=e.sampler, precision=e.precision, compile=e.compile,
-                   skipped_samples=skipped)
+                   split=split, num_shards=len(urls), sampling=dataclasses.asdict(sampling),
+                   skipped_samples=skipped, training_context=describe_checkpoint(checkpoint))
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
         named = metrics_file(paths.metrics, weights, split, cfg.dataset)

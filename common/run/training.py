@@ -21,8 +21,8 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,16 +30,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.run import distributed
-from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
-from common.run.config import config_to_dict, output_paths, save_config
-from common.run.context_cache import CachedContextDenoiser, check_config, context_diffusion_loss, prepare_context_cache
+from common.data.counts import samples_per_pass
 from common.data.loader import build_loader
 from common.data.samples import device_images
-from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
-from common.run.evaluation import run_evaluation
-from common.data.counts import samples_per_pass
 from common.data.splits import evaluation_shards
+from common.model.checkpoints import load_context_weights, load_snappose_weights, require_weight_file, save_checkpoint
+from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import config_to_dict, output_paths, save_config
+from common.run import distributed
+from common.run.context_cache import (
+    CachedContextDenoiser,
+    check_config,
+    context_diffusion_loss,
+    describe_mode,
+    prepare_context_cache,
+)
+from common.run.evaluation import run_evaluation
 from common.run.feature_cache import FeatureCache
 from common.run.seeding import epoch_generator, rng_state, seed_everything, set_rng_state
 
@@ -115,20 +122,7 @@ def train(cfg, resume=None, device=None, trust_checkpoint=False):
     if resume is not None and run.restore(resume):
         return run.paths.best if run.paths.best.is_file() else Path(resume)
     run.open(resume)
-    try:
-        with sigterm_as_interrupt():
-            while run.state.epoch < cfg.train.epochs:
-                epoch_loss, seconds = run.train_epoch()
-                line = run.end_epoch(epoch_loss, seconds)
-                if run.validation_due():
-                    line += run.validate()
-                run.save_epoch(line, epoch_loss)
-    except KeyboardInterrupt:
-        run.save_interrupted()
-        raise
-    finally:
-        run.close()
-    return run.paths.best if run.paths.best.is_file() else run.paths.latest
+    return run.fit()
 
 
 class TrainingRun:
@@ -166,6 +160,23 @@ class TrainingRun:
         self.writer = None
         self.saver = _TimedSaver(cfg.train.checkpoint_minutes)
 
+    def fit(self):
+        """Train the remaining epochs (validating and saving as configured); returns the best or latest path."""
+        try:
+            with sigterm_as_interrupt():
+                while self.state.epoch < self.cfg.train.epochs:
+                    epoch_loss, seconds = self.train_epoch()
+                    line = self.end_epoch(epoch_loss, seconds)
+                    if self.validation_due():
+                        line += self.validate()
+                    self.save_epoch(line, epoch_loss)
+        except KeyboardInterrupt:
+            self.save_interrupted()
+            raise
+        finally:
+            self.close()
+        return self.paths.best if self.paths.best.is_file() else self.paths.latest
+
     def restore(self, path):
         """Continue from a checkpoint; True when it has already trained every epoch (nothing to do)."""
         self.pending_rng = _restore(path, self.denoiser, self.optimizer, self.generator, self.state, self.rank,
@@ -193,14 +204,13 @@ class TrainingRun:
         self.scheduler = make_ddpm_scheduler(cfg.train.num_train_timesteps)
         self.loader = build_loader(data.root, cfg.dataset, train=True, batch_size=data.batch_size,
                                    num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
-                                   max_samples=data.max_train_samples, skip_bad=data.skip_bad, seed=cfg.seed,
-                                   uint8_crops=True)
+                                   max_samples=data.max_train_samples, skip_bad=data.skip_bad, seed=cfg.seed)
         self.val_loader = None
         if cfg.train.validate_every:
             self.val_loader = build_loader(self.val_shards, cfg.dataset, train=False,
                                            batch_size=data.eval_batch_size, num_workers=data.num_workers,
                                            max_samples=data.max_eval_samples, skip_bad=data.skip_bad,
-                                           seed=cfg.seed, uint8_crops=True)
+                                           seed=cfg.seed)
         self.cache = FeatureCache() if cfg.train.cache_features else None
         if self.main:
             self._open_outputs(resume)
@@ -213,7 +223,8 @@ class TrainingRun:
         _log_line(paths.training_log, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} "
                                       f"{'resumed from ' + str(resume) if resume else 'started'}; "
                                       f"{self.world} process(es), device {self.device}, "
-                                      f"{sum(p.numel() for p in self.trainable)} trainable parameters")
+                                      f"{sum(p.numel() for p in self.trainable)} trainable parameters; "
+                                      f"{describe_mode(self.cfg.train.context_cache, self.cfg.train.context_cache_draws)}")
         log.info("training %s for %d epochs into %s", self.cfg.dataset, self.cfg.train.epochs, paths.checkpoint_dir)
 
     def _from_memory(self):
@@ -225,7 +236,7 @@ class TrainingRun:
         batch_size = self.cfg.data.batch_size
         order = epoch_generator(self.cfg.seed, epoch, self.rank)
         if self.context_cache is not None:
-            return self.context_cache.batches(batch_size, order, self.device), len(self.context_cache)
+            return self.context_cache.batches(batch_size, order, self.device, epoch), len(self.context_cache)
         if self.cache is not None and self.cache.complete:
             return self.cache.batches(batch_size, order), len(self.cache)
         self.loader.set_epoch(epoch)
@@ -313,8 +324,9 @@ class TrainingRun:
     def validate(self):
         """Evaluate on the validation split, save ``best_<dataset>.bin`` if better; returns the log line's part."""
         cfg, state = self.cfg, self.state
-        summary, _ = run_evaluation(self.backbone, self.denoiser, self.val_loader, cfg.dataset,
-                                    cfg.validation_sampling(), desc=f"validate {state.epoch}")
+        self.denoiser.eval()  # train_epoch puts it back in train mode
+        pipeline = SnapPosePipeline(self.backbone, self.denoiser, cfg.validation_sampling(), self.device, cfg)
+        summary, _ = run_evaluation(pipeline, self.val_loader, cfg.dataset, desc=f"validate {state.epoch}")
         summary = summary.summary()
         value = summary[BEST_METRIC]
         line = f" | val MPJPE (mean hyp.) {value:.2f} mm, P-MPJPE {summary['p_mpjpe_mean_hypothesis']:.2f} mm"
@@ -372,7 +384,7 @@ class TrainingRun:
 
 def _prepare(batch, backbone, device):
     """A loader batch -> the denoiser's training inputs, with the frozen backbone's features."""
-    images = device_images(batch, device)
+    images = device_images(batch, device, test=False)
     with torch.no_grad():
         features = backbone(images)
     return {"features": features,

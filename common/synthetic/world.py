@@ -39,22 +39,29 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from common.synthetic.body_model import ACTION_FAMILIES, H36M_ACTION_FAMILY, sample_body_shape, sample_pose
 from common.core.errors import BadInput, refuse
 from common.core.files import DiskFullError, atomic_write, output_folder, write_text
-from common.data.counts import MANIFEST_NAME
-from common.data.samples import shard_writer
 from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, invert_affine,
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    bbox_center_scale,
+    crop_image,
+    crop_matrix,
+    invert_affine,
     normalize_screen_coordinates,
 )
-from common.synthetic.render import Capsules, new_depth_buffer, render_capsules
 from common.core.skeleton import DATASETS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, LEFT_JOINTS, PARENTS, RIGHT_JOINTS
+from common.data.counts import record_counts
+from common.data.samples import shard_writer
+from common.synthetic.body_model import ACTION_FAMILIES, H36M_ACTION_FAMILY, sample_body_shape, sample_pose
+from common.synthetic.render import Capsules, new_depth_buffer, render_capsules
 
 log = logging.getLogger(__name__)
 
 TEST_SPLIT = {"h36m": "validation", "mpi": "test"}
 MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
 
 # Human3.6M frame size and the intrinsics (fx, fy, cx, cy) of its four cameras.
 H36M_WIDTH, H36M_HEIGHT = 1000, 1002
@@ -468,11 +475,14 @@ def generate_dataset(out_dir, dataset="h36m", num_train=4000, num_test=800, seed
     try:
         with tqdm(total=len(tasks), desc=f"synthetic {dataset}", unit="sample", disable=not progress) as bar:
             for split, count in splits.items():
+                written = {}
                 for number, path in enumerate(shards[split]):
+                    written[path.name] = min(samples_per_shard, count - number * samples_per_shard)
                     with shard_writer(path) as writer:
-                        for _ in range(min(samples_per_shard, count - number * samples_per_shard)):
+                        for _ in range(written[path.name]):
                             writer.write(next(results))
                             bar.update()
+                record_counts(out_dir / split, written)
     finally:
         if pool:
             pool.terminate()

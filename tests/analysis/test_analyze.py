@@ -8,12 +8,16 @@ import torch
 from model_fixtures import single_thread  # noqa: F401
 
 from common.analysis import report as analyze
-from common.model.checkpoints import save_checkpoint
-from common.run.evaluation import evaluate
-from common.model.networks import build_model
 from common.analysis.reliability import (
-    hypothesis_spread, nearest_mean, rank_correlation, reliability_curve, reliability_summary,
+    hypothesis_spread,
+    nearest_mean,
+    rank_correlation,
+    reliability_curve,
+    reliability_summary,
 )
+from common.model.checkpoints import save_checkpoint
+from common.model.networks import build_model
+from common.run.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -118,7 +118,7 @@ def test_p_mpjpe_does_not_reflect():
 def test_p_mpjpe_never_exceeds_n_mpjpe_and_mpjpe():
     target = random_poses(8, seed=3)
     predicted = target + random_poses(8, seed=4) * 0.3
-    p1 = metrics.mpjpe_per_sample(predicted, target)
+    p1 = metrics.joint_errors(predicted, target).mean(dim=-1)
     n = metrics.n_mpjpe_per_sample(predicted, target)
     p2 = metrics.p_mpjpe_per_sample(predicted, target)
     assert p1.shape == n.shape == p2.shape == (8,)
@@ -137,7 +137,7 @@ def test_n_mpjpe_ignores_scale():
 def test_hypothesis_ordering():
     target = random_poses(16, seed=6)
     hypotheses = target[:, None] + random_poses(16, 7, seed=7) * 0.5
-    per_hypothesis = metrics.mpjpe_per_sample(hypotheses, target[:, None].expand_as(hypotheses))  # (B, H)
+    per_hypothesis = metrics.joint_errors(hypotheses, target[:, None].expand_as(hypotheses)).mean(dim=-1)  # (B, H)
     best_joint = metrics.hypothesis_error_per_sample(hypotheses, target, "mpjpe", "best_joint")
     best_pose = metrics.hypothesis_error_per_sample(hypotheses, target, "mpjpe", "best_pose")
     assert (best_joint <= best_pose + 1e-12).all()

@@ -6,8 +6,8 @@ from model_fixtures import single_thread  # noqa: F401
 
 from benchmarks import accuracy
 from common.model.checkpoints import save_checkpoint
-from common.run.config import save_config
 from common.model.networks import build_model
+from common.pipeline.config import save_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

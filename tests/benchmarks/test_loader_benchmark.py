@@ -1,8 +1,8 @@
 """benchmarks.loader: the original's way it re-implements, and a tiny run that prints every row."""
 import numpy as np
 import torch
-import webdataset as wds
 
+import webdataset as wds
 from benchmarks import loader as benchmark
 from common.data.samples import decode_sample
 

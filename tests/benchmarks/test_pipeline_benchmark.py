@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import pipeline
-from benchmarks.pipeline import Setting, StageClock, training_rate
+from benchmarks.pipeline import Setting, training_rate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,14 +34,6 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="sees no CUDA device; use --device cpu"):
         pipeline.main(["--device", "cuda", "--shards", str(tmp_path)])
     assert not any(tmp_path.iterdir()), "nothing is generated before the device is checked"
-
-
-def test_stage_clock_charges_the_loop_with_sampling_less_context():
-    clock = StageClock(torch.device("cpu"))
-    clock.seconds.update(sampling=5.0, context=1.5, backbone=2.0)
-    split = clock.split()
-    assert split["loop"] == 3.5 and split["context"] == 1.5 and split["backbone"] == 2.0
-    assert set(split) == set(pipeline.STAGES)
 
 
 def test_a_cache_this_code_lacks_is_reported_as_missing_without_training(tmp_path):

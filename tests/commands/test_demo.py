@@ -27,12 +27,12 @@ def test_demo_runs_end_to_end_on_a_few_samples(tmp_path, capsys, single_thread):
     assert "mean training pose (baseline)" in printed and "SnapPose, mean of hypotheses" in printed
     assert "x the baseline's" in printed
     metrics = json.loads((out / "checkpoint" / "metrics.json").read_text())["metrics"]
-    assert metrics["num_samples"] == 4 and metrics["num_proposals"] == 20
+    assert metrics["num_samples"] == 4 and metrics["sampling"]["hypotheses"] == 20
     assert (out / "predictions.npz").is_file()
     # The demo validates after its last epoch, so the best checkpoint the README promises exists.
     assert (out / "checkpoint" / "best_h36m.bin").is_file()
     assert "evaluating best_h36m.bin" in printed
     assert (data / "manifest.json").is_file() and list((data / "train").glob("data-*.tar"))
-    # The demo ends by lifting validation images through common.infer.lifting and says where the pictures are.
+    # The demo ends by lifting validation images through common.infer and says where the pictures are.
     assert len(list((out / "inference" / "figures").glob("*.png"))) == 2
     assert f"inference:   {out / 'inference' / 'figures'}" in printed

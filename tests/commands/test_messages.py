@@ -10,8 +10,8 @@ from model_fixtures import single_thread  # noqa: F401
 
 import main_diffusers_h36m
 from benchmarks import sampling
-from common.data import convert
 from common import demo
+from common.data import convert
 from common.synthetic import world as synthetic
 
 

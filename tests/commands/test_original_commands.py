@@ -29,10 +29,9 @@ from model_fixtures import random_state_dict, single_thread, write_contextpose, 
 
 import main_diffusers_h36m
 import main_diffusers_mpi
-from common.model.checkpoints import CONTEXT_PREFIXES, read_checkpoint
-from common.run.config import load_config
-from common.model.checkpoints import require_weight_file
+from common.model.checkpoints import CONTEXT_PREFIXES, read_checkpoint, require_weight_file
 from common.model.networks import ModelConfig, build_model
+from common.pipeline.config import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -30,8 +30,9 @@ def test_an_interrupted_write_keeps_the_previous_file(tmp_path):
 
 
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    from common.model.checkpoints import save_checkpoint
     from model_fixtures import tiny_denoiser
+
+    from common.model.checkpoints import save_checkpoint
     model = tiny_denoiser()
     path = save_checkpoint(tmp_path / "latest_epoch.bin", model, epoch=1)
     before = path.read_bytes()

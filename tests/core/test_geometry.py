@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, bbox_center_scale, crop_image, crop_matrix, image_coordinates,
-    invert_affine, normalize_screen_coordinates, warp_affine,
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    bbox_center_scale,
+    crop_image,
+    crop_matrix,
+    image_coordinates,
+    invert_affine,
+    normalize_screen_coordinates,
 )
 
 
@@ -45,25 +52,6 @@ def test_bbox_center_scale_covers_points_with_crop_aspect():
     assert np.all(np.abs(points - center) <= size / 2 / 1.25 + 1e-3)
     crop = apply_affine(points, crop_matrix(center, scale))
     assert crop.min() >= 0 and crop[:, 0].max() <= CROP_WIDTH - 1 and crop[:, 1].max() <= CROP_HEIGHT - 1
-
-
-def test_warp_identity_and_shift():
-    image = np.random.default_rng(3).integers(0, 256, size=(CROP_HEIGHT, CROP_WIDTH, 3)).astype(np.uint8)
-    identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    np.testing.assert_array_equal(warp_affine(image, identity), image)
-    shifted = warp_affine(image, np.array([[1.0, 0, 5], [0, 1.0, -3]]))  # frame p -> crop p + (5, -3)
-    np.testing.assert_array_equal(shifted[:-3, 5:], image[3:, :-5])
-    assert np.all(shifted[:, :5] == 0) and np.all(shifted[-3:] == 0)  # outside the frame is black
-
-
-def test_warp_is_bilinear():
-    image = np.zeros((4, 4, 1))
-    image[:, 2] = 100.0
-    half = warp_affine(image, np.array([[1.0, 0, -0.5], [0, 1.0, 0]]), out_width=4, out_height=4)
-    # Output x samples input x + 0.5: half of column 2 at x = 1 and x = 2.
-    np.testing.assert_allclose(half[1, :, 0], [0, 50, 50, 0])
-    with pytest.raises(ValueError, match="H, W, C"):
-        warp_affine(np.zeros((4, 4)), np.eye(2, 3))
 
 
 def test_crop_image_puts_frame_points_at_crop_points():

@@ -13,16 +13,20 @@ from model_fixtures import single_thread, tiny_denoiser  # noqa: F401
 
 import main_diffusers_h36m
 from common.core import safe_pickle
-from common.model.backbone import PoseHRNet
-from common.model.checkpoints import (
-    CheckpointError, load_backbone_weights, load_context_weights, load_snappose_weights, read_checkpoint,
-    save_checkpoint,
-)
-from common.run.config import save_config
 from common.data.convert import ConversionError, _load_labels
 from common.data.loader import build_loader
 from common.data.samples import ShardDataError
+from common.model.backbone import PoseHRNet
+from common.model.checkpoints import (
+    CheckpointError,
+    load_backbone_weights,
+    load_context_weights,
+    load_snappose_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from common.model.networks import build_model
+from common.pipeline.config import save_config
 
 
 class Payload:

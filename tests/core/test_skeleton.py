@@ -4,9 +4,20 @@ import pytest
 import torch
 
 from common.core.skeleton import (
-    FLIP_PERMUTATION, H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, JOINT_NAMES, LEFT_JOINTS,
-    MPI_EVAL_JOINTS, NUM_JOINTS, PARENTS, RIGHT_JOINTS, ROOT_JOINT, flip_keypoints_crop,
-    flip_keypoints_normalized, flip_pose_3d,
+    FLIP_PERMUTATION,
+    H36M_ACTIONS,
+    H36M_TEST_SUBJECTS,
+    H36M_TRAIN_SUBJECTS,
+    JOINT_NAMES,
+    LEFT_JOINTS,
+    MPI_EVAL_JOINTS,
+    NUM_JOINTS,
+    PARENTS,
+    RIGHT_JOINTS,
+    ROOT_JOINT,
+    flip_keypoints_crop,
+    flip_keypoints_normalized,
+    flip_pose_3d,
 )
 
 

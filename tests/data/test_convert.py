@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import webdataset as wds
+from data_helpers import h36m_key, make_h36m_sample
 
+import webdataset as wds
 from common.data import convert
 from common.data.loader import find_shards
 from common.data.samples import decode_sample
-from data_helpers import h36m_key, make_h36m_sample
 
 # Subjects 1 and 5 are training subjects; frames cycle through a few actions and cameras.
 TRAIN_FRAMES = [(1, 2, 1, 0), (1, 3, 2, 1), (5, 4, 1, 2), (5, 16, 2, 3), (1, 2, 1, 3), (5, 9, 1, 0), (1, 11, 2, 1)]
@@ -198,7 +198,7 @@ def test_interrupted_run_resumes_to_the_same_shards(toolbox, tmp_path, monkeypat
 
 def test_shard_bytes_caps_shard_size(toolbox, tmp_path):
     label_path, images, labels = toolbox
-    frame = max(Path(convert.frame_path(images, convert.sample_key(l))).stat().st_size for l in labels)
+    frame = max(Path(convert.frame_path(images, convert.sample_key(label))).stat().st_size for label in labels)
     cap = 2 * convert._estimated_bytes(frame)
     out = tmp_path / "capped"
     report = convert.convert_h36m(label_path, images, out, shard_bytes=cap, progress=False)

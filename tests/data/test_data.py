@@ -5,21 +5,31 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from data_helpers import (
-    MARKER_RADIUS, encode_image, h36m_key, make_h36m_sample, make_mpi_sample, mpi_key, write_shard, write_split,
+    MARKER_RADIUS,
+    encode_image,
+    h36m_key,
+    make_h36m_sample,
+    make_mpi_sample,
+    mpi_key,
+    write_shard,
+    write_split,
 )
 from reference import mirror_points
 
+import webdataset as wds
+from common.core.geometry import CROP_WIDTH, apply_affine, crop_matrix, image_coordinates
 from common.data.counts import samples_per_pass
 from common.data.loader import build_loader, find_shards
-
 from common.data.samples import (
-
-    IMAGE_MEAN, IMAGE_STD, ShardDataError, decode_sample, parse_key, read_pose_3d, reference_points,
-
+    IMAGE_MEAN,
+    IMAGE_STD,
+    ShardDataError,
+    decode_sample,
+    parse_key,
+    read_pose_3d,
+    reference_points,
 )
-from common.core.geometry import CROP_WIDTH, apply_affine, crop_matrix, image_coordinates
 
 
 def raw(sample, shard="mem.tar"):
@@ -284,14 +294,14 @@ def test_loader_default_split(tmp_path):
 
 def test_batches_are_collated(tmp_path):
     write_split(tmp_path, "h36m", [3, 2])
-    batches = list(build_loader(tmp_path, "h36m", train=False, batch_size=4))
+    batches = list(build_loader(tmp_path, "h36m", train=False, batch_size=4, uint8_crops=False))
     assert [len(b["key"]) for b in batches] == [4, 1]
     batch = batches[0]
     assert batch["image"].shape == (4, 2, 3, 256, 192)
     assert batch["keypoints_3d"].shape == (4, 1, 17, 3)
     assert batch["keypoints_2d"].shape == batch["keypoints_2d_crop"].shape == batch["ref"].shape == (4, 2, 17, 2)
     assert batch["subject"] == [9] * 4 and batch["action"] == [2, 3, 4, 5]
-    train = next(iter(build_loader(tmp_path, "h36m", train=True, batch_size=4)))
+    train = next(iter(build_loader(tmp_path, "h36m", train=True, batch_size=4, uint8_crops=False)))
     assert train["image"].shape == (4, 3, 256, 192) and train["keypoints_2d"].shape == (4, 17, 2)
 
 

@@ -6,14 +6,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
 
 from common.core.geometry import crop_image, crop_matrix
 from common.data.decode import decode_rgb
 from common.data.loader import build_loader, default_num_workers
 from common.data.samples import IMAGE_MEAN, IMAGE_STD, device_images
-
 from tests.data_helpers import encode_image
 
 
@@ -33,7 +31,7 @@ def todays_normalisation(crops):
 def test_uint8_crops_match_the_originals_crops(parity_dir):
     """Crops of the loader's uint8 path within 1 grey level of the original's cv2.warpAffine crops."""
     expected = torch.load(parity_dir / "wds_expected.pt")["h36m"]
-    batch = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8, uint8_crops=True)))
+    batch = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8)))
     assert "image" not in batch and batch["crop"].dtype == torch.uint8
     assert batch["crop"].shape == (len(expected), 256, 192, 3)
     for crop, (image, *_) in zip(batch["crop"], expected):
@@ -44,9 +42,9 @@ def test_uint8_crops_match_the_originals_crops(parity_dir):
 
 
 def test_device_images_equal_todays_normalised_batch(parity_dir):
-    normalised = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8)))
-    crops = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8, uint8_crops=True)))
-    images = device_images(crops, "cpu")  # (B, 2, 3, H, W)
+    normalised = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8, uint8_crops=False)))
+    crops = next(iter(build_loader(parity_dir / "wds_h36m", "h36m", train=False, batch_size=8)))
+    images = device_images(crops, "cpu", test=True)  # (B, 2, 3, H, W)
     today = todays_normalisation(torch.stack([crops["crop"], crops["crop"].flip(2)], dim=1))
     torch.testing.assert_close(images, today, rtol=0, atol=0)
     torch.testing.assert_close(images, normalised["image"], rtol=0, atol=0)
@@ -57,10 +55,10 @@ def test_device_images_equal_todays_normalised_batch(parity_dir):
 @pytest.mark.parametrize("dataset", ["h36m", "mpi"])
 def test_training_batches_flip_crops_with_their_poses(tiny_shards, dataset):
     kwargs = dict(train=True, batch_size=4, seed=3, shuffle_buffer=0)
-    normalised = next(iter(build_loader(tiny_shards[dataset], dataset, **kwargs)))
-    crops = next(iter(build_loader(tiny_shards[dataset], dataset, uint8_crops=True, **kwargs)))
+    normalised = next(iter(build_loader(tiny_shards[dataset], dataset, uint8_crops=False, **kwargs)))
+    crops = next(iter(build_loader(tiny_shards[dataset], dataset, **kwargs)))
     assert crops["crop"].dtype == torch.uint8 and crops["crop"].shape == (4, 256, 192, 3)
-    torch.testing.assert_close(device_images(crops, "cpu"), normalised["image"], rtol=0, atol=0)
+    torch.testing.assert_close(device_images(crops, "cpu", test=False), normalised["image"], rtol=0, atol=0)
     assert torch.equal(crops["keypoints_3d"], normalised["keypoints_3d"])
 
 

@@ -1,4 +1,4 @@
-"""Progress-bar totals: sample counts of shards (report, manifest, tar headers + cache) and each process's share."""
+"""Progress-bar totals: sample counts of shards (recorded by their writer, or tar headers, cached) and each process's share."""
 import json
 import os
 
@@ -8,8 +8,8 @@ from data_helpers import write_split
 from model_fixtures import single_thread  # noqa: F401
 
 from common.data import counts as sample_count
-from common.data.loader import build_loader
 from common.data.counts import CACHE_NAME, count_samples, process_share, samples_per_pass
+from common.data.loader import build_loader
 from common.synthetic.world import generate_dataset
 
 
@@ -45,24 +45,22 @@ def test_read_only_shard_folder_is_counted_without_a_cache(tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path / "test")) == ["data-000000.tar", "data-000001.tar"]
 
 
-def test_conversion_report_is_trusted_only_for_shards_of_the_recorded_size(tmp_path):
+def test_recorded_counts_are_trusted_only_for_shards_of_the_recorded_size(tmp_path):
     urls = write_split(tmp_path, "h36m", [2, 2])
-    report = {"complete": True, "shards": {
-        "0": {"written": 7, "bytes": os.path.getsize(urls[0])},
-        "1": {"written": 7, "bytes": os.path.getsize(urls[1]) + 1}}}
-    (tmp_path / sample_count.REPORT_NAME).write_text(json.dumps(report))
-    # Shard 0 from the report (the number proves where it came from), shard 1 from its headers.
+    sample_count.record_counts(tmp_path, {"data-000000.tar": 7, "data-000001.tar": 7})
+    # The numbers prove where they came from: both recorded, until shard 1 changes.
+    assert count_samples(urls) == [7, 7]
+    with open(urls[1], "ab") as shard:
+        shard.write(b"\0" * 1024)
     assert count_samples(urls) == [7, 2]
-    report["complete"] = False
-    (tmp_path / sample_count.REPORT_NAME).write_text(json.dumps(report))
-    assert count_samples(urls) == [2, 2]
 
 
-def test_synthetic_manifest_gives_the_counts_without_reading_the_shards(tmp_path):
+def test_the_synthetic_generator_records_its_counts_so_no_shard_is_read(tmp_path, monkeypatch):
     shards = generate_dataset(tmp_path, "mpi", num_train=5, num_test=1, samples_per_shard=2, workers=1,
                               progress=False)
+    monkeypatch.setattr(sample_count, "count_tar_samples", lambda path: pytest.fail(f"{path} was read"))
     assert count_samples(shards["train"]) == [2, 2, 1]
-    assert not (tmp_path / "train" / CACHE_NAME).exists()
+    monkeypatch.undo()
     loader = build_loader(tmp_path, "mpi", train=True, batch_size=2, shuffle_buffer=0)
     assert _samples_read(loader) == 5
 

@@ -7,11 +7,12 @@ import torch
 from model_fixtures import single_thread  # noqa: F401
 
 import main_diffusers_mpi
-from common.model.checkpoints import save_checkpoint
-from common.run.config import ConfigError, output_paths, save_config
-from common.run.evaluation import evaluate, metrics_file
-from common.model.networks import build_model
+from common.core.errors import ConfigError
 from common.data.splits import evaluation_shards, split_name
+from common.model.checkpoints import save_checkpoint
+from common.model.networks import build_model
+from common.pipeline.config import output_paths, save_config
+from common.run.evaluation import evaluate, metrics_file
 from common.run.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -70,7 +70,7 @@ def _main_script(dataset, evaluate):
 
 
 def command_infer(data, sandbox):
-    from common.infer.lifting import main
+    from common.infer.cli import main
 
     kind = data.draw(st.sampled_from(["image", "gif", "folder"]), label="input")
     if kind == "folder":

@@ -122,7 +122,7 @@ def gif_bytes(frames=3):
 def templates():
     """A folder (built once) with dataset roots, a tiny checkpoint and its config: ``{name: Path}``."""
     from common.model.checkpoints import save_checkpoint
-    from common.run.config import config_from_dict, save_config
+    from common.pipeline.config import config_from_dict, save_config
     from common.model.networks import build_model
 
     root = Path(tempfile.mkdtemp(prefix="fuzz-templates "))
@@ -146,7 +146,7 @@ def templates():
 def tiny_denoiser():
     """The denoiser of ``TINY`` (built once; loading weights into it replaces them all or fails)."""
     from common.model.networks import build_model
-    from common.run.config import config_from_dict
+    from common.pipeline.config import config_from_dict
 
     return build_model(config_from_dict({**TINY, "dataset": "h36m"}).model)[1]
 

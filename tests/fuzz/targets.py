@@ -113,7 +113,7 @@ def _torch(tree):
 # ---------------------------------------------------------------- readers
 
 def reader_config(data, sandbox):
-    from common.run.config import ConfigError, load_config
+    from common.pipeline.config import ConfigError, load_config
 
     valid = data.draw(st.sampled_from(["project", "original"]), label="format")
     tree = seeds.project_config() if valid == "project" else seeds.ORIGINAL_CONFIG

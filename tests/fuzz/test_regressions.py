@@ -27,7 +27,7 @@ def assert_holds(run, sandbox):
 
 
 def _config_run(path):
-    from common.run.config import ConfigError, load_config
+    from common.pipeline.config import ConfigError, load_config
     return Run(lambda: load_config(path, dataset="h36m"), names=(str(path),), expected=(ConfigError,))
 
 

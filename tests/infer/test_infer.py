@@ -1,4 +1,4 @@
-"""Inference on a user's images (common.infer.lifting): parity with evaluation, inputs, outputs and errors."""
+"""Inference on a user's images (common.infer: api, person, lifting, cli): parity with evaluation, inputs, outputs and errors."""
 import errno
 import json
 import subprocess
@@ -11,17 +11,18 @@ import torch
 from model_fixtures import single_thread  # noqa: F401
 from PIL import Image
 
-from common.infer import lifting as infer
-from common.model.checkpoints import save_checkpoint
-from common.run.config import config_to_dict
-from common.data.samples import shard_writer
-from common.run.evaluation import evaluate
 from common.core.geometry import image_coordinates
+from common.data.samples import flip_test_views, shard_writer
+from common.infer import api, cli, lifting, person
 from common.infer.inputs import InputError, read_image
 from common.infer.keypoints import COCO_COPIED, COCO_USED, coco_to_h36m
+from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
-from common.synthetic.world import encode_sample, make_sample
 from common.model.samplers import SamplingConfig
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import config_to_dict
+from common.run.evaluation import evaluate
+from common.synthetic.world import encode_sample, make_sample
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SAMPLES = (0, 5)
@@ -73,32 +74,32 @@ def test_lifting_shard_images_gives_exactly_the_evaluated_hypotheses(trained, sy
     evaluate(cfg, weights, device=torch.device("cpu"))
     evaluated = np.load(cfg.evaluation.save_predictions)
     assert list(evaluated["keys"]) == [s.key for s in samples]  # one batch, in shard order
-    model = infer.load_model(weights, device="cpu")  # config and random backbone from the checkpoint alone
+    model = api.load_model(weights, device="cpu")  # config and random backbone from the checkpoint alone
     # The same batch as evaluation's (a batch's composition changes float rounding in the matrix products).
-    people = [infer.prepare_person(read_image(image), *_shard_form(sample), key=sample.key)
+    people = [person.prepare_person(read_image(image), *_shard_form(sample), key=sample.key)
               for sample, image in zip(samples, images)]
-    results = infer.lift_people(model, people)
+    results = lifting.lift_people(model, people)
     np.testing.assert_array_equal(np.stack([r.hypotheses for r in results]), evaluated["hypotheses"])
 
     for row, (sample, image) in enumerate(zip(samples, images)):
         bbox, keypoints = _shard_form(sample)
-        single = infer.lift(image, bbox=bbox, keypoints=keypoints, model=model)
+        single = api.lift(image, bbox=bbox, keypoints=keypoints, model=model)
         assert single.key == sample.key  # the file's stem seeds the noise
         np.testing.assert_allclose(single.hypotheses, evaluated["hypotheses"][row], atol=1e-5)
         # The same keypoints as image pixels (H36M order) take the pixel path: equal up to float rounding.
         pixels = _pixels(sample)
-        again = infer.lift(image, bbox=bbox, keypoints=pixels, keypoint_format="h36m", model=model)
+        again = api.lift(image, bbox=bbox, keypoints=pixels, keypoint_format="h36m", model=model)
         np.testing.assert_allclose(again.hypotheses, evaluated["hypotheses"][row], atol=1e-4)
         np.testing.assert_allclose(again.keypoints_2d, pixels, atol=1e-3)
-    other = infer.lift(images[0], *_shard_form(samples[0]), model=model, key="another")
+    other = api.lift(images[0], *_shard_form(samples[0]), model=model, key="another")
     assert not np.allclose(other.hypotheses, evaluated["hypotheses"][0], atol=1e-3)
 
 
 def test_result_mean_and_spread_follow_the_hypotheses(trained, synthetic):
     weights, _ = trained
     _, samples, images = synthetic
-    model = infer.load_model(weights, device="cpu")
-    result = infer.lift(images[1], keypoints=_pixels(samples[1]),
+    model = api.load_model(weights, device="cpu")
+    result = api.lift(images[1], keypoints=_pixels(samples[1]),
                         keypoint_format="h36m", model=model, sampling=model.config.sampling().replace(hypotheses=6))
     assert result.hypotheses.shape == (6, 17, 3)
     np.testing.assert_allclose(result.mean, result.hypotheses.mean(axis=0), atol=1e-7)
@@ -112,33 +113,37 @@ def _pixels(sample):
     return image_coordinates(sample.fields["joints_2d_cpn"].astype(np.float64), 1000, 1002)
 
 
-def test_unpacks_as_backbone_and_denoiser(trained):
-    backbone, denoiser = infer.load_model(trained[0], device="cpu")
-    assert not backbone.training and not denoiser.training
+def test_load_model_gives_a_pipeline_in_eval_mode_and_joins_no_process_group(trained, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    model = api.load_model(trained[0])  # device None: CUDA if present, never a process group
+    assert isinstance(model.pipeline, SnapPosePipeline) and model.backbone is model.pipeline.backbone
+    assert not model.backbone.training and not model.denoiser.training
+    assert not torch.distributed.is_initialized()
 
 
 def test_box_conversion_and_errors():
-    center, scale = infer.box_center_scale((100, 50, 96, 128), 640, 480)
+    center, scale = person.box_center_scale((100, 50, 96, 128), 640, 480)
     np.testing.assert_allclose(center, [148, 114])
     np.testing.assert_allclose(scale * 200, [96 * 1.25, 128 * 1.25])
     # A wide box grows in height to the crop's 3:4 aspect.
-    _, scale = infer.box_center_scale((0, 0, 300, 100), 640, 480)
+    _, scale = person.box_center_scale((0, 0, 300, 100), 640, 480)
     np.testing.assert_allclose(scale * 200, [300 * 1.25, 400 * 1.25])
     with pytest.raises(InputError, match="outside the 640 x 480 image"):
-        infer.box_center_scale((700, 10, 50, 50), 640, 480)
+        person.box_center_scale((700, 10, 50, 50), 640, 480)
     with pytest.raises(InputError, match="w, h > 0"):
-        infer.box_center_scale((10, 10, 0, 50), 640, 480)
+        person.box_center_scale((10, 10, 0, 50), 640, 480)
 
 
 def test_keypoint_errors_name_the_problem():
     with pytest.raises(InputError, match="expected 17 keypoints"):
-        infer.h36m_keypoints(np.zeros((16, 2)), "coco")
+        person.h36m_keypoints(np.zeros((16, 2)), "coco")
     coco = np.ones((17, 3))
     coco[[1, 15], 2] = 0
     with pytest.raises(InputError, match="left_eye, left_ankle missing"):
-        infer.h36m_keypoints(coco, "coco")
+        person.h36m_keypoints(coco, "coco")
     coco[1, 2], coco[15, 2], coco[3, 2] = 1, 1, 0  # an ear is not needed
-    pixels, scores = infer.h36m_keypoints(coco, "coco")
+    pixels, scores = person.h36m_keypoints(coco, "coco")
     assert pixels.shape == (17, 2) and scores.shape == (17,)
 
 
@@ -161,7 +166,7 @@ def test_cli_folder_gives_one_result_per_image_with_json_npz_and_figures(trained
     frames = _write_frames(tmp_path / "frames", synthetic, count=2)
     names = [f"frame_{i:03d}.png" for i in range(len(frames))]
     keypoints = _h36m_keypoints_json(tmp_path / "kp.json", names, synthetic[1][0])
-    status = infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
+    status = cli.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
                          "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "2", "--visualize",
                          "--animate", "-num_proposals", "3"])
     assert status == 0
@@ -181,7 +186,7 @@ def test_cli_gif_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
     video = tmp_path / "clip.gif"
     Image.fromarray(frames[0]).save(video, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]])
     keypoints = _h36m_keypoints_json(tmp_path / "kp.json", [str(i) for i in range(4)], synthetic[1][0])
-    status = infer.main([str(video), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints), "--out",
+    status = cli.main([str(video), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints), "--out",
                          str(tmp_path / "out"), "--device", "cpu", "-num_proposals", "2", "--every", "2"])
     assert status == 0
     npz = np.load(tmp_path / "out" / "clip.npz")
@@ -201,7 +206,7 @@ def test_mp4_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
         for packet in stream.encode():
             container.mux(packet)
     keypoints = _h36m_keypoints_json(tmp_path / "kp.json", ["0", "1", "2"], synthetic[1][0])
-    assert infer.main([str(video), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints), "--out",
+    assert cli.main([str(video), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints), "--out",
                        str(tmp_path / "out"), "--device", "cpu", "-num_proposals", "2"]) == 0
     assert list(np.load(tmp_path / "out" / "clip.npz")["frames"]) == [0, 1, 2]
 
@@ -209,27 +214,27 @@ def test_mp4_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
 def test_cli_bad_inputs_give_clear_errors(trained, synthetic, tmp_path, caplog):
     weights = str(trained[0])
     common = ["--checkpoint", weights, "--out", str(tmp_path / "out"), "--device", "cpu"]
-    assert infer.main([str(tmp_path / "missing.jpg")] + common) == 2
+    assert cli.main([str(tmp_path / "missing.jpg")] + common) == 2
     assert "missing.jpg not found" in caplog.text
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    assert infer.main([str(broken)] + common) == 2
+    assert cli.main([str(broken)] + common) == 2
     assert "cannot read image" in caplog.text
     image = synthetic[2][0]
-    assert infer.main([str(image), "--bbox", "5000", "0", "10", "10"] + common) == 2
+    assert cli.main([str(image), "--bbox", "5000", "0", "10", "10"] + common) == 2
     assert "lies outside the 1000 x 1002 image" in caplog.text
     short = tmp_path / "short.json"
     short.write_text(json.dumps({image.name: [{"keypoints": [[1, 2]] * 16}]}))
-    assert infer.main([str(image), "--keypoints", str(short)] + common) == 2
+    assert cli.main([str(image), "--keypoints", str(short)] + common) == 2
     assert "expected 17 keypoints" in caplog.text
     # The demo-like model has a random backbone: no heatmap head to find keypoints with.
-    assert infer.main([str(image)] + common) == 2
+    assert cli.main([str(image)] + common) == 2
     assert "give keypoints" in caplog.text
 
 
 def test_coco_mapping_is_used_for_coco_keypoints():
     coco = np.random.default_rng(0).uniform(0, 100, (17, 2))
-    pixels, scores = infer.h36m_keypoints(coco, "coco")
+    pixels, scores = person.h36m_keypoints(coco, "coco")
     assert scores is None
     for h36m, source in COCO_COPIED.items():
         np.testing.assert_array_equal(pixels[h36m], coco[source])
@@ -237,7 +242,7 @@ def test_coco_mapping_is_used_for_coco_keypoints():
 
 def test_heatmap_keypoints_map_back_to_image_pixels(trained, synthetic, monkeypatch):
     """Keypoints found by the heatmap head land where the heatmap peaks say, in image pixels and H36M order."""
-    model = infer.load_model(trained[0], device="cpu")
+    model = api.load_model(trained[0], device="cpu")
     peaks = np.random.default_rng(0).uniform([8, 8], [40, 56], (17, 2))  # COCO order, heatmap pixels (x, y)
     ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(48.0), indexing="ij")
     maps = torch.stack([torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 8) for x, y in peaks])[None]
@@ -245,9 +250,9 @@ def test_heatmap_keypoints_map_back_to_image_pixels(trained, synthetic, monkeypa
     monkeypatch.setattr(model.backbone, "heatmaps", lambda features: maps.expand(len(features[0]), -1, -1, -1),
                         raising=False)
     image = read_image(synthetic[2][0])
-    result = infer.lift(image, bbox=(300, 200, 300, 400), model=model, sampling=model.config.sampling().replace(hypotheses=2))
+    result = api.lift(image, bbox=(300, 200, 300, 400), model=model, sampling=model.config.sampling().replace(hypotheses=2))
     assert result.keypoint_source == "heatmaps"
-    center, scale = infer.box_center_scale((300, 200, 300, 400), 1000, 1002)
+    center, scale = person.box_center_scale((300, 200, 300, 400), 1000, 1002)
     box = scale * 200
     # Crop pixel 4 * p is the box's left/top edge plus that share of the box (the crop of docs/formats.md, inverted by hand).
     crop = coco_to_h36m(4 * peaks)
@@ -264,9 +269,9 @@ def test_real_photos_with_coco_annotations(trained, tmp_path, caplog):
     annotations = REAL / "test_coco.json"
     common = [str(REAL), "--checkpoint", str(trained[0]), "--keypoints", str(annotations), "--device", "cpu",
               "-num_proposals", "2", "-timesteps", "1", "--batch-size", "16"]
-    assert infer.main(common + ["--out", str(tmp_path / "strict")]) == 2
+    assert cli.main(common + ["--out", str(tmp_path / "strict")]) == 2
     assert "missing (visibility or score 0)" in caplog.text
-    assert infer.main(common + ["--out", str(tmp_path / "out"), "--skip-incomplete"]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "out"), "--skip-incomplete"]) == 0
     coco = json.loads(annotations.read_text())
     names = {image["id"]: image["file_name"] for image in coco["images"]}
     complete = [a for a in coco["annotations"] if all(a["keypoints"][3 * j + 2] > 0 for j in COCO_USED)]
@@ -275,13 +280,13 @@ def test_real_photos_with_coco_annotations(trained, tmp_path, caplog):
     assert sum(len(p) for p in persons.values()) == len(complete) > 0
     for name in {names[a["image_id"]] for a in complete}:
         ours = [a for a in complete if names[a["image_id"]] == name]
-        for annotation, person in zip(ours, persons[name]):
+        for annotation, lifted in zip(ours, persons[name]):
             keypoints = np.array(annotation["keypoints"], dtype=np.float64).reshape(17, 3)[:, :2]
-            h36m = np.array(person["keypoints_2d"])
+            h36m = np.array(lifted["keypoints_2d"])
             np.testing.assert_allclose(h36m[0], (keypoints[11] + keypoints[12]) / 2, atol=1e-3)  # mid-hips
             np.testing.assert_allclose(h36m[8], (keypoints[5] + keypoints[6]) / 2, atol=1e-3)  # mid-shoulders
             x, y, w, h = annotation["bbox"]  # the crop is centred on the person's box
-            np.testing.assert_allclose(person["center"], [x + w / 2, y + h / 2], atol=1e-3)
+            np.testing.assert_allclose(lifted["center"], [x + w / 2, y + h / 2], atol=1e-3)
 
 
 def test_cli_boxes_file_sets_each_persons_crop(trained, synthetic, tmp_path):
@@ -289,7 +294,7 @@ def test_cli_boxes_file_sets_each_persons_crop(trained, synthetic, tmp_path):
     keypoints = _h36m_keypoints_json(tmp_path / "kp.json", ["frame_000.png"], synthetic[1][0])
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"frame_000.png": [[40, 30, 96, 128]]}))
-    assert infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
+    assert cli.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
                        "--boxes", str(boxes), "--out", str(tmp_path / "out"), "--device", "cpu",
                        "-num_proposals", "2", "-timesteps", "1"]) == 0
     person = json.loads((tmp_path / "out" / "frames.json").read_text())["images"][0]["persons"][0]
@@ -298,26 +303,26 @@ def test_cli_boxes_file_sets_each_persons_crop(trained, synthetic, tmp_path):
 
 
 def test_sampler_and_precision_options_reach_the_sampling(trained, synthetic):
-    """--sampler / --precision of inference take evaluation's path: the same hypotheses as predict_hypotheses."""
+    """--sampler / --precision of inference take evaluation's path: the same hypotheses as the pipeline."""
     weights, _ = trained
     _, samples, images = synthetic
-    model = infer.load_model(weights, device="cpu")
-    people = [infer.prepare_person(read_image(images[0]), *_shard_form(samples[0]), key=samples[0].key)]
-    paper = infer.lift_people(model, people)[0].hypotheses
-    trailing = infer.lift_people(model, people, model.config.sampling().replace(sampler="ddim-trailing"))[0].hypotheses
+    model = api.load_model(weights, device="cpu")
+    people = [person.prepare_person(read_image(images[0]), *_shard_form(samples[0]), key=samples[0].key)]
+    paper = lifting.lift_people(model, people)[0].hypotheses
+    trailing = lifting.lift_people(model, people, model.config.sampling().replace(sampler="ddim-trailing"))[0].hypotheses
     assert not np.allclose(trailing, paper, atol=1e-4)  # the option changes the sampling...
-    batch = {name: torch.stack([value]) for name, value in infer.flip_test_views(
-        people[0].crop, torch.from_numpy(people[0].keypoints[0]), torch.from_numpy(people[0].keypoints[1])).items()}
+    batch = {name: torch.stack([value]) for name, value in flip_test_views(
+        people[0].crop, torch.from_numpy(people[0].keypoints.normalized), torch.from_numpy(people[0].keypoints.crop)).items()}
     batch["key"] = [people[0].key]
     cfg = model.config
     by_hand = SamplingConfig(sampler="ddim-trailing", steps=cfg.evaluation.timesteps,
                              hypotheses=cfg.evaluation.num_proposals, flip=cfg.evaluation.flip_test, seed=cfg.seed,
                              num_train_timesteps=cfg.train.num_train_timesteps)
-    expected = infer.predict_hypotheses(model.backbone, model.denoiser, batch, by_hand)
+    expected = SnapPosePipeline(model.backbone, model.denoiser, by_hand)(batch)
     np.testing.assert_array_equal(trailing, expected[0].numpy())  # ...exactly as evaluation's sampler does
-    bf16 = infer.lift_people(model, people, model.config.sampling().replace(precision="bf16"))[0].hypotheses
+    bf16 = lifting.lift_people(model, people, model.config.sampling().replace(precision="bf16"))[0].hypotheses
     assert np.abs(bf16 - paper).max() < 0.05  # autocast: close to fp32, in metres
-    parser = infer.build_parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["x.jpg", "--checkpoint", "c.bin", "--sampler", "dpm++", "--precision", "bf16"])
     assert (args.sampler, args.precision) == ("dpm++", "bf16")
 
@@ -346,15 +351,15 @@ def test_images_are_read_upright_whatever_their_exif_orientation(tmp_path, orien
 
 def test_rotated_and_upright_pictures_give_the_same_hypotheses(trained, synthetic, tmp_path):
     """Boxes refer to the upright picture: each EXIF-rotated copy lifts to exactly the upright one's hypotheses."""
-    model = infer.load_model(trained[0], device="cpu")
+    model = api.load_model(trained[0], device="cpu")
     upright = Image.open(synthetic[2][0]).convert("RGB")
     box = (300, 200, 300, 400)
     joints = np.random.default_rng(0).uniform([320, 220], [580, 580], (17, 2))  # upright pixels, COCO order
-    expected = infer.lift(_store_rotated(upright, 1, tmp_path / "upright.png"), bbox=box, keypoints=joints,
+    expected = api.lift(_store_rotated(upright, 1, tmp_path / "upright.png"), bbox=box, keypoints=joints,
                           model=model, key="person", sampling=model.config.sampling().replace(hypotheses=2)).hypotheses
     for orientation in range(2, 9):
         path = _store_rotated(upright, orientation, tmp_path / f"rotated{orientation}.png")
-        got = infer.lift(path, bbox=box, keypoints=joints, model=model, key="person", sampling=model.config.sampling().replace(hypotheses=2)).hypotheses
+        got = api.lift(path, bbox=box, keypoints=joints, model=model, key="person", sampling=model.config.sampling().replace(hypotheses=2)).hypotheses
         np.testing.assert_array_equal(got, expected, err_msg=f"EXIF orientation {orientation}")
 
 
@@ -373,7 +378,7 @@ def _lift_folder(trained, synthetic, tmp_path, *extra):
     if not (tmp_path / "frames").is_dir():
         _write_frames(tmp_path / "frames", synthetic, count=2)
     keypoints = _h36m_keypoints_json(tmp_path / "kp.json", ["frame_000.png", "frame_001.png"], synthetic[1][0])
-    return infer.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
+    return cli.main([str(tmp_path / "frames"), "--checkpoint", str(trained[0]), "--keypoints", str(keypoints),
                        "--out", str(tmp_path / "out"), "--device", "cpu", "-num_proposals", "2", "-timesteps", "1",
                        *extra])
 
@@ -382,16 +387,16 @@ def test_keypoints_far_outside_the_image_are_refused(trained, synthetic, tmp_pat
     image = synthetic[2][0]  # 1000 x 1002
     far = tmp_path / "far.json"
     far.write_text(json.dumps({image.name: [{"keypoints": (_pixels(synthetic[1][0]) * 10).tolist(), "format": "h36m"}]}))
-    assert infer.main([str(image), "--keypoints", str(far), "--checkpoint", str(trained[0]), "--out",
+    assert cli.main([str(image), "--keypoints", str(far), "--checkpoint", str(trained[0]), "--out",
                        str(tmp_path / "out"), "--device", "cpu"]) == 2
     assert "keypoints lie far outside the 1000 x 1002 image" in caplog.text
 
 
 def test_a_video_without_frames_is_an_error(trained, synthetic, tmp_path, monkeypatch, caplog):
     (tmp_path / "empty.mp4").write_bytes(b"")
-    monkeypatch.setattr(infer, "count_frames", lambda path: 0)
-    monkeypatch.setattr(infer, "video_frames", lambda *args: iter(()))  # PyAV decoding nothing
-    assert infer.main([str(tmp_path / "empty.mp4"), "--checkpoint", str(trained[0]), "--out", str(tmp_path / "out"),
+    monkeypatch.setattr(cli, "count_frames", lambda path: 0)
+    monkeypatch.setattr(cli, "video_frames", lambda *args: iter(()))  # PyAV decoding nothing
+    assert cli.main([str(tmp_path / "empty.mp4"), "--checkpoint", str(trained[0]), "--out", str(tmp_path / "out"),
                        "--device", "cpu", "--bbox", "0", "0", "10", "10"]) == 2
     assert "empty.mp4 gave no frames" in caplog.text
     assert not (tmp_path / "out" / "empty.json").exists()
@@ -426,7 +431,7 @@ def test_a_full_disk_or_ctrl_c_while_writing_results_keeps_the_previous_files(tr
         return json_dumps(value, *args, **kwargs)
 
     json_dumps = json.dumps
-    monkeypatch.setattr(infer.json, "dumps", interrupted)
+    monkeypatch.setattr(cli.json, "dumps", interrupted)
     assert _lift_folder(trained, synthetic, tmp_path, "--seed", "9") == 130  # Ctrl-C: no traceback
     monkeypatch.undo()
     assert "interrupted: results already in" in caplog.text

@@ -4,9 +4,9 @@ import pytest
 import torch
 from model_fixtures import single_thread  # noqa: F401
 
+from common.infer.keypoints import coco_to_h36m, decode_heatmaps, heatmap_to_crop
 from common.model.backbone import PoseHRNet
 from common.model.checkpoints import CheckpointError, load_backbone_weights
-from common.infer.keypoints import coco_to_h36m, decode_heatmaps, heatmap_to_crop
 from common.model.networks import ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")

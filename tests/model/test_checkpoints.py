@@ -6,11 +6,21 @@ import numpy as np
 import pytest
 import torch
 from model_fixtures import (  # noqa: F401
-    random_state_dict, single_thread, tiny_denoiser, tiny_inputs, write_contextpose, write_hrnet, write_snappose,
+    random_state_dict,
+    single_thread,
+    tiny_denoiser,
+    tiny_inputs,
+    write_contextpose,
+    write_hrnet,
+    write_snappose,
 )
 
 from common.model.checkpoints import (
-    CheckpointError, load_backbone_weights, load_context_weights, load_snappose_weights, read_checkpoint,
+    CheckpointError,
+    load_backbone_weights,
+    load_context_weights,
+    load_snappose_weights,
+    read_checkpoint,
     save_checkpoint,
 )
 from common.model.denoiser import CONTEXT_PREFIXES

@@ -3,12 +3,11 @@ import math
 
 import pytest
 import torch
-
 from model_fixtures import TINY_CHANNELS, single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
 
+from common.core.skeleton import NUM_JOINTS
 from common.model.context import DeformableContextBlock, DropPath, sample_features
 from common.model.denoiser import CONTEXT_PREFIXES, SinusoidalTimeEmbedding, SnapPoseDenoiser
-from common.core.skeleton import NUM_JOINTS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

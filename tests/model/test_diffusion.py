@@ -1,10 +1,11 @@
 """Diffusion: scheduler set-up, the training loss and DDIM sampling."""
 import pytest
 import torch
-from model_fixtures import single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
+from model_fixtures import ddim_sample, single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
 
-from common.model.diffusion import ddim_sample, diffusion_loss, make_ddim_scheduler, make_ddpm_scheduler
 from common.core.skeleton import NUM_JOINTS
+from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
+from common.model.samplers import make_sampling_scheduler
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def loop_of_full_forwards(denoiser, noise, keypoints_2d, ref, features, num_steps):
     """DDIM the way the original runs it: features copied per hypothesis, a full forward every step."""
     B, H = noise.shape[:2]
-    scheduler = make_ddim_scheduler(100)
+    scheduler = make_sampling_scheduler("ddim", 100)
     scheduler.set_timesteps(num_steps)
     repeat = lambda x: x.repeat_interleave(H, dim=0)  # noqa: E731  (B, ...) -> (B*H, ...)
     keypoints_2d, ref, features = repeat(keypoints_2d), repeat(ref), [repeat(f) for f in features]
@@ -48,7 +49,7 @@ def test_schedulers_are_set_up_as_the_original():
     ddpm = make_ddpm_scheduler()
     assert ddpm.config.num_train_timesteps == 100
     torch.testing.assert_close(ddpm.betas, torch.linspace(1e-4, 0.02, 100))
-    ddim = make_ddim_scheduler()
+    ddim = make_sampling_scheduler("ddim")
     assert ddim.config.clip_sample and ddim.config.clip_sample_range == 1.0
     assert ddim.config.timestep_spacing == "leading" and ddim.config.set_alpha_to_one
     ddim.set_timesteps(5)
@@ -99,7 +100,7 @@ def test_ddim_rejects_bad_arguments():
     noise = torch.randn(2, 1, NUM_JOINTS, 3)
     with pytest.raises(ValueError, match="B, H, 1, J, 3"):
         ddim_sample(OracleDenoiser(noise), noise, None, None, None, 5)
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="steps must be in"):
         ddim_sample(OracleDenoiser(noise), noise[:, None], None, None, None, 0)
 
 

@@ -7,10 +7,9 @@ float32 and float64 runs agree to about 1e-6).
 """
 import pytest
 import torch
-from model_fixtures import single_thread, write_contextpose, write_hrnet, write_snappose  # noqa: F401
+from model_fixtures import ddim_sample, single_thread, write_contextpose, write_hrnet, write_snappose  # noqa: F401
 
 from common.model.checkpoints import load_backbone_weights, load_context_weights, load_snappose_weights
-from common.model.diffusion import ddim_sample
 from common.model.networks import PoseHRNet, SnapPoseDenoiser
 
 TOLERANCE = 1e-4

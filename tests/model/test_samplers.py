@@ -3,18 +3,20 @@ import json
 
 import pytest
 import torch
-from model_fixtures import single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
+from diffusers import DDIMScheduler
+from model_fixtures import ddim_sample, sample_from, single_thread, tiny_denoiser, tiny_inputs  # noqa: F401
 from test_diffusion import OracleDenoiser, loop_of_full_forwards
 
+from common.core.errors import ConfigError
+from common.core.skeleton import NUM_JOINTS
 from common.model.acceleration import PRECISIONS, CompiledDenoiser, autocast, compile_denoiser, run_backbone
 from common.model.checkpoints import save_checkpoint
-from common.run.cli import build_parser, overrides_from_args
-from common.run.config import ConfigError, output_paths
-from common.model.diffusion import SAMPLERS, ddim_sample, make_ddim_scheduler, make_ddpm_scheduler, sample
-from common.run.evaluation import evaluate
+from common.model.diffusion import make_ddpm_scheduler
 from common.model.networks import ModelConfig, build_model
-from common.model.samplers import make_sampling_scheduler
-from common.core.skeleton import NUM_JOINTS
+from common.model.samplers import SAMPLERS, make_sampling_scheduler
+from common.pipeline.config import output_paths
+from common.run.cli import build_parser, overrides_from_args
+from common.run.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -29,7 +31,7 @@ def test_every_sampler_runs_on_the_training_schedule():
     def settings(scheduler):
         return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
 
-    assert settings(make_sampling_scheduler("ddim")) == settings(make_ddim_scheduler())
+    assert settings(make_sampling_scheduler("ddim")) == settings(DDIMScheduler(num_train_timesteps=100))
     trailing = make_sampling_scheduler("ddim-trailing")
     trailing.set_timesteps(5)
     assert trailing.timesteps.tolist() == [99, 79, 59, 39, 19]  # starts at the last training step
@@ -42,9 +44,9 @@ def test_every_sampler_runs_on_the_training_schedule():
 def test_samplers_give_poses_of_the_noise_shape_and_repeat_per_seed(sampler, precision):
     denoiser = tiny_denoiser().eval()
     keypoints_2d, ref, noise, features, _ = tiny_inputs(B=2, H=3, seed=1)
-    first = sample(denoiser, noise, keypoints_2d, ref, features, 3, sampler=sampler, precision=precision)
-    again = sample(denoiser, noise, keypoints_2d, ref, features, 3, sampler=sampler, precision=precision)
-    other = sample(denoiser, torch.randn_like(noise), keypoints_2d, ref, features, 3, sampler=sampler,
+    first = sample_from(denoiser, noise, keypoints_2d, ref, features, 3, sampler=sampler, precision=precision)
+    again = sample_from(denoiser, noise, keypoints_2d, ref, features, 3, sampler=sampler, precision=precision)
+    other = sample_from(denoiser, torch.randn_like(noise), keypoints_2d, ref, features, 3, sampler=sampler,
                    precision=precision)
     assert first.shape == noise.shape and first.dtype == torch.float32
     assert torch.isfinite(first).all() and first.abs().max() <= 1.0  # every sampler clamps x_0 to [-1, 1] m
@@ -55,7 +57,7 @@ def test_samplers_give_poses_of_the_noise_shape_and_repeat_per_seed(sampler, pre
 def test_sample_ddim_is_ddim_sample_and_a_loop_of_full_forwards():
     denoiser = tiny_denoiser().eval()
     keypoints_2d, ref, noise, features, _ = tiny_inputs(B=2, H=4, seed=3)
-    ours = sample(denoiser, noise, keypoints_2d, ref, features, 10, sampler="ddim")
+    ours = sample_from(denoiser, noise, keypoints_2d, ref, features, 10, sampler="ddim")
     assert torch.equal(ours, ddim_sample(denoiser, noise, keypoints_2d, ref, features, 10))
     reference = loop_of_full_forwards(denoiser, noise, keypoints_2d, ref, features, 10)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
@@ -67,14 +69,14 @@ def test_every_sampler_recovers_the_pose_from_exact_noise(sampler):
     # sampler on that schedule must land on x_0; a wrong schedule or spacing would not.
     x0 = torch.rand(3, 1, NUM_JOINTS, 3) * 1.6 - 0.8
     noise = torch.randn(3, 4, 1, NUM_JOINTS, 3)
-    result = sample(OracleDenoiser(x0), noise, None, None, None, 5, sampler=sampler)
+    result = sample_from(OracleDenoiser(x0), noise, None, None, None, 5, sampler=sampler)
     torch.testing.assert_close(result, x0[:, None].expand_as(result), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_clamps_the_predicted_pose_to_one_metre(sampler):
     x0 = torch.full((2, 1, NUM_JOINTS, 3), 1.5)
-    result = sample(OracleDenoiser(x0), torch.randn(2, 3, 1, NUM_JOINTS, 3), None, None, None, 5, sampler=sampler)
+    result = sample_from(OracleDenoiser(x0), torch.randn(2, 3, 1, NUM_JOINTS, 3), None, None, None, 5, sampler=sampler)
     torch.testing.assert_close(result, torch.ones_like(result), rtol=0, atol=1e-4)
 
 
@@ -86,7 +88,7 @@ def test_fewer_steps_of_the_fast_samplers_call_the_denoiser_once_per_step():
     denoiser.denoise = lambda c, x, t: calls.append(int(t[0])) or original(c, x, t)
     for name in SAMPLERS:
         calls.clear()
-        sample(denoiser, noise, keypoints_2d, ref, features, 4, sampler=name)
+        sample_from(denoiser, noise, keypoints_2d, ref, features, 4, sampler=name)
         assert len(calls) == 4, name
 
 
@@ -96,10 +98,10 @@ def test_low_precision_runs_the_network_in_that_precision_and_stays_close(precis
     keypoints_2d, ref, noise, features, _ = tiny_inputs(B=2, H=3, seed=4)
     seen = []
     denoiser.head[1].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
-    full = sample(denoiser, noise, keypoints_2d, ref, features, 5, sampler="dpm++")
+    full = sample_from(denoiser, noise, keypoints_2d, ref, features, 5, sampler="dpm++")
     assert set(seen) == {torch.float32}
     seen.clear()
-    low = sample(denoiser, noise, keypoints_2d, ref, features, 5, sampler="dpm++", precision=precision)
+    low = sample_from(denoiser, noise, keypoints_2d, ref, features, 5, sampler="dpm++", precision=precision)
     assert set(seen) == {dtype}
     relative = ((low - full).norm() / full.norm()).item()
     assert 0 < relative < 0.05
@@ -132,8 +134,8 @@ def test_compiled_denoiser_shares_the_weights_and_is_off_by_default():
 def test_compiled_denoiser_samples_like_the_eager_one():
     denoiser = tiny_denoiser().eval()
     keypoints_2d, ref, noise, features, _ = tiny_inputs(B=2, H=3, seed=5)
-    eager = sample(denoiser, noise, keypoints_2d, ref, features, 3, sampler="unipc")
-    compiled = sample(compile_denoiser(denoiser), noise, keypoints_2d, ref, features, 3, sampler="unipc")
+    eager = sample_from(denoiser, noise, keypoints_2d, ref, features, 3, sampler="unipc")
+    compiled = sample_from(compile_denoiser(denoiser), noise, keypoints_2d, ref, features, 3, sampler="unipc")
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
@@ -162,7 +164,8 @@ def test_defaults_are_the_papers_and_metrics_json_records_the_settings(tiny_conf
     summary = evaluate(fast, weights, device=CPU)
     saved = json.loads(output_paths(fast).metrics.read_text())
     for record in (summary, saved["metrics"]):
-        assert (record["sampler"], record["precision"], record["compile"]) == ("ddim-trailing", "bf16", False)
+        used = record["sampling"]
+        assert (used["sampler"], used["precision"], used["compile"], used["steps"]) == ("ddim-trailing", "bf16", False, 2)
     assert saved["config"]["evaluation"]["sampler"] == "ddim-trailing"
 
 
@@ -172,8 +175,8 @@ def test_defaults_are_the_papers_and_metrics_json_records_the_settings(tiny_conf
 def test_samplers_on_cuda_agree_with_the_cpu(precision):
     denoiser = tiny_denoiser().eval()
     keypoints_2d, ref, noise, features, _ = tiny_inputs(B=2, H=3, seed=6)
-    cpu = sample(denoiser, noise, keypoints_2d, ref, features, 5, sampler="dpm++")
+    cpu = sample_from(denoiser, noise, keypoints_2d, ref, features, 5, sampler="dpm++")
     cuda = torch.device("cuda")
-    on_gpu = sample(denoiser.to(cuda), noise.to(cuda), keypoints_2d.to(cuda), ref.to(cuda),
+    on_gpu = sample_from(denoiser.to(cuda), noise.to(cuda), keypoints_2d.to(cuda), ref.to(cuda),
                     [f.to(cuda) for f in features], 5, sampler="dpm++", precision=precision)
     assert ((on_gpu.cpu() - cpu).norm() / cpu.norm()).item() < (1e-4 if precision == "fp32" else 0.05)

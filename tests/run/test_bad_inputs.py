@@ -10,11 +10,12 @@ from data_helpers import FRAME_HEIGHT, FRAME_WIDTH, h36m_key, make_h36m_sample, 
 from model_fixtures import single_thread  # noqa: F401
 
 import main_diffusers_h36m
-from common.model.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
-from common.run.config import ConfigError, load_config, save_config
+from common.core.errors import ConfigError
 from common.data.loader import build_loader
 from common.data.samples import ShardDataError, decode_sample
+from common.model.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from common.model.networks import build_model
+from common.pipeline.config import load_config, save_config
 
 BAD_BOXES = {
     "far away": ([1e7, 1e7], [1.0, 1.3]),

@@ -14,8 +14,9 @@ from reference import KNOWN_PCK14, known_error_predictor
 import main_diffusers_h36m
 import main_diffusers_mpi
 from common.model.checkpoints import read_checkpoint
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import save_config
 from common.run.cli import build_parser, overrides_from_args
-from common.run.config import save_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -98,11 +99,11 @@ def test_mpi_script_evaluates_a_path(tiny_yaml, tiny_shards, tmp_path, tiny_conf
     _, denoiser = build_model(tiny_config("unset").model)
     weights = save_checkpoint(tmp_path / "elsewhere" / "best_mpi.bin", denoiser)
     ck = tmp_path / "ck"
-    monkeypatch.setattr("common.run.evaluation.predict_hypotheses", known_error_predictor)  # known PCK
+    monkeypatch.setattr(SnapPosePipeline, "__call__", known_error_predictor)  # known PCK
     assert main_diffusers_mpi.main(["--config", tiny_yaml("mpi"), "-c", str(ck), "-w", str(tiny_shards["mpi"]),
                                     "--evaluate", str(weights), "--no-flip-test"]) == 0
     metrics = json.loads((ck / "metrics.json").read_text())["metrics"]
-    assert metrics["pck14_mean_hypothesis"] == pytest.approx(KNOWN_PCK14) and not metrics["flip_test"]
+    assert metrics["pck14_mean_hypothesis"] == pytest.approx(KNOWN_PCK14) and not metrics["sampling"]["flip"]
 
 
 def test_errors_name_the_problem(tiny_yaml, tiny_shards, tmp_path, capsys, caplog):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from model_fixtures import single_thread  # noqa: F401
 
-from common.run import distributed
 from common.model.checkpoints import read_checkpoint
-from common.run.config import save_config
+from common.pipeline.config import save_config
+from common.run import distributed
 from common.run.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -6,17 +6,25 @@ import pytest
 import torch
 from model_fixtures import single_thread  # noqa: F401
 from reference import (
-    KNOWN_AUC14, KNOWN_PCK14, KNOWN_PCK17, MPI_14, auc_percent, hypothesis_metrics, known_error_predictor,
-    mirror_points, pck_percent,
+    KNOWN_AUC14,
+    KNOWN_PCK14,
+    KNOWN_PCK17,
+    MPI_14,
+    auc_percent,
+    hypothesis_metrics,
+    known_error_predictor,
+    mirror_points,
+    pck_percent,
 )
 
 from common.analysis import metrics
-from common.model.checkpoints import save_checkpoint
-from common.run.config import output_paths
 from common.data.loader import build_loader
-from common.run.evaluation import evaluate, predict_hypotheses
+from common.model.checkpoints import save_checkpoint
 from common.model.networks import build_model
 from common.model.samplers import SamplingConfig
+from common.pipeline import SnapPosePipeline
+from common.pipeline.config import output_paths
+from common.run.evaluation import evaluate
 
 # Two hypotheses, two DDIM steps, flip test on.
 TWO_BY_TWO = SamplingConfig(steps=2, hypotheses=2)
@@ -74,7 +82,7 @@ def test_evaluate_mpi_reports_pck_and_auc_on_14_and_17_joints(tiny_config, weigh
 
 
 def test_mpi_pck_and_auc_of_predictions_a_known_distance_off(tiny_config, weights, tmp_path, monkeypatch):
-    monkeypatch.setattr("common.run.evaluation.predict_hypotheses", known_error_predictor)
+    monkeypatch.setattr(SnapPosePipeline, "__call__", known_error_predictor)
     summary = evaluate(tiny_config(tmp_path / "run", dataset="mpi"), weights, device=CPU)
     for aggregation in metrics.AGGREGATIONS:
         assert summary[f"pck14_{aggregation}_hypothesis"] == pytest.approx(KNOWN_PCK14)
@@ -83,7 +91,7 @@ def test_mpi_pck_and_auc_of_predictions_a_known_distance_off(tiny_config, weight
 
 
 def _test_batch(cfg, batch_size):
-    loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=batch_size)
+    loader = build_loader(cfg.data.root, cfg.dataset, train=False, batch_size=batch_size, uint8_crops=False)
     return list(loader)
 
 
@@ -92,8 +100,8 @@ def test_hypotheses_do_not_depend_on_batch_size(tiny_config, weights, tmp_path):
     backbone, denoiser = cfg.networks(CPU)
     denoiser.load_state_dict(torch.load(weights)["model_pos"])
     denoiser.eval()
-    whole = predict_hypotheses(backbone, denoiser, _test_batch(cfg, 3)[0], TWO_BY_TWO)
-    pieces = torch.cat([predict_hypotheses(backbone, denoiser, b, TWO_BY_TWO) for b in _test_batch(cfg, 1)])
+    whole = SnapPosePipeline(backbone, denoiser, TWO_BY_TWO)(_test_batch(cfg, 3)[0])
+    pieces = torch.cat([SnapPosePipeline(backbone, denoiser, TWO_BY_TWO)(b) for b in _test_batch(cfg, 1)])
     torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-5)
 
 
@@ -103,11 +111,11 @@ def test_flip_test_averages_the_unflipped_mirror_view(tiny_config, weights, tmp_
     denoiser.load_state_dict(torch.load(weights)["model_pos"])
     denoiser.eval()
     batch = _test_batch(cfg, 3)[0]
-    both = predict_hypotheses(backbone, denoiser, batch, TWO_BY_TWO)
-    original = predict_hypotheses(backbone, denoiser, batch, TWO_BY_TWO.replace(flip=False))
+    both = SnapPosePipeline(backbone, denoiser, TWO_BY_TWO)(batch)
+    original = SnapPosePipeline(backbone, denoiser, TWO_BY_TWO.replace(flip=False))(batch)
     # Feeding the mirror view as view 0 gives the mirrored prediction of that view.
     swapped = dict(batch, **{k: batch[k].flip(1) for k in ("image", "keypoints_2d", "keypoints_2d_crop", "ref")})
-    mirror = predict_hypotheses(backbone, denoiser, swapped, TWO_BY_TWO.replace(flip=False))
+    mirror = SnapPosePipeline(backbone, denoiser, TWO_BY_TWO.replace(flip=False))(swapped)
     expected = (original + torch.from_numpy(mirror_points(mirror)).float()) / 2
     torch.testing.assert_close(both, expected, rtol=1e-4, atol=1e-5)
     assert torch.all(both[..., 0, :] == 0)

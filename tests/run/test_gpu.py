@@ -12,10 +12,9 @@ import torch
 import torch.distributed as dist
 
 import main_diffusers_h36m
-from common.run import distributed
-from common.run import seeding, training
 from common.model.checkpoints import read_checkpoint
-from common.run.config import save_config
+from common.pipeline.config import save_config
+from common.run import distributed, seeding, training
 
 pytestmark = pytest.mark.gpu
 

@@ -8,12 +8,12 @@ import copy
 
 import pytest
 import torch
-from model_fixtures import TINY_CHANNELS, single_thread, tiny_denoiser  # noqa: F401
+from model_fixtures import TINY_CHANNELS, ddim_sample, single_thread, tiny_denoiser  # noqa: F401
 
-from common.run import training
-from common.model.diffusion import ddim_sample, make_ddpm_scheduler
 from common.analysis.metrics import mpjpe
 from common.core.skeleton import NUM_JOINTS
+from common.model.diffusion import make_ddpm_scheduler
+from common.run import training
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

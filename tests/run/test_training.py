@@ -7,10 +7,10 @@ import torch
 from model_fixtures import assert_same_weights, fail_at_train_step, single_thread  # noqa: F401
 
 import common.run.training as training
-from common.run.feature_cache import FeatureCache
 from common.model.checkpoints import CONTEXT_PREFIXES, read_checkpoint
-from common.run.config import output_paths
 from common.model.networks import build_model
+from common.pipeline.config import output_paths
+from common.run.feature_cache import FeatureCache
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -35,8 +35,8 @@ def test_two_epochs_write_checkpoints_logs_and_config(straight_run):
     best_checkpoint = read_checkpoint(paths.best)
     assert best_checkpoint["best_mpjpe"] == pytest.approx(best_checkpoint["val_metrics"]["mpjpe_mean_hypothesis"])
     assert latest["best_mpjpe"] == pytest.approx(best_checkpoint["best_mpjpe"])
-    lines = [l for l in paths.training_log.read_text().splitlines() if l.startswith("epoch")]
-    assert len(lines) == 2 and all("val MPJPE" in l for l in lines)
+    lines = [line for line in paths.training_log.read_text().splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and all("val MPJPE" in line for line in lines)
     assert paths.config.is_file()
     assert list(paths.tensorboard.glob("events.out.tfevents.*"))
     assert not list(paths.checkpoint_dir.glob(".*.tmp-*")), "no temporary checkpoint files are left"

@@ -17,8 +17,8 @@ from model_fixtures import single_thread  # noqa: F401
 import common.run.training as training
 import main_diffusers_h36m
 from common.model.checkpoints import CheckpointError, load_snappose_weights, read_checkpoint, save_checkpoint
-from common.run.config import output_paths, save_config
 from common.model.networks import build_model
+from common.pipeline.config import output_paths, save_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")

@@ -9,18 +9,42 @@ import pytest
 import torch
 from PIL import Image
 
-from common.synthetic.body_model import (
-    ACTION_FAMILIES, ANGLE_LIMITS, clamp_angles, forward_kinematics, sample_angles, sample_body_shape,
-    sample_pose,
+from common.core.geometry import (
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    apply_affine,
+    crop_image,
+    crop_matrix,
+    image_coordinates,
+)
+from common.core.skeleton import (
+    H36M_ACTIONS,
+    H36M_TEST_SUBJECTS,
+    H36M_TRAIN_SUBJECTS,
+    LEFT_JOINTS,
+    PARENTS,
+    RIGHT_JOINTS,
 )
 from common.data.loader import build_loader
 from common.data.samples import decode_sample, parse_key
-from common.core.geometry import (
-    CROP_HEIGHT, CROP_WIDTH, apply_affine, crop_matrix, image_coordinates, warp_affine,
+from common.synthetic.body_model import (
+    ACTION_FAMILIES,
+    ANGLE_LIMITS,
+    clamp_angles,
+    forward_kinematics,
+    sample_angles,
+    sample_body_shape,
+    sample_pose,
 )
-from common.core.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, LEFT_JOINTS, PARENTS, RIGHT_JOINTS
 from common.synthetic.world import (
-    H36M_HEIGHT, H36M_INTRINSICS, H36M_WIDTH, NoiseOptions, contact_sheet, generate_dataset, main, make_sample,
+    H36M_HEIGHT,
+    H36M_INTRINSICS,
+    H36M_WIDTH,
+    NoiseOptions,
+    contact_sheet,
+    generate_dataset,
+    main,
+    make_sample,
 )
 
 NO_NOISE = NoiseOptions(sigma=0.0, outlier_rate=0.0, outlier_sigma=0.0, swap_rate=0.0)
@@ -121,13 +145,13 @@ def test_crop_keypoints_land_on_the_rendered_person(dataset):
     for index in range(6):
         sample = make_sample(dataset, "train", index, noise=NO_NOISE)
         f = sample.fields
-        mask = sample.mask[..., None].astype(np.float32)
+        mask = np.repeat(sample.mask[..., None], 3, axis=2).astype(np.uint8) * 255
         if dataset == "h36m":
-            mask = warp_affine(mask, crop_matrix(f["center"], f["scale"]))
+            mask = crop_image(mask, f["center"], f["scale"])
         gt = f["joints_2d_gt_crop"]
         np.testing.assert_allclose(f["joints_2d_cpn_crop" if dataset == "h36m" else "joints_2d_crop"], gt, atol=1e-3)
         cols, rows = np.rint(gt).astype(int).T
-        assert np.all(mask[rows, cols, 0] > 0.5), sample.key
+        assert np.all(mask[rows, cols, 0] > 127), sample.key
         # The person covers a sizeable part of the crop, not just the joints.
         assert 0.08 < mask.mean() < 0.6
 

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import yaml
 
-from common.core.errors import ConfigError  # noqa: F401  (part of this module's API)
+from common.core.errors import ConfigError
 from common.core.reading import read_yaml
 from common.core.skeleton import DATASETS
-from common.run import original_config
 from common.model.acceleration import PRECISIONS
+from common.model.checkpoints import read_checkpoint
 from common.model.networks import ModelConfig, build_networks
 from common.model.samplers import SAMPLERS, SamplingConfig
-
+from common.pipeline import original_config
 
 # Searched in this order when weights.backbone is null: this project's place, then
 # the one of the original README and code (checkpoint/posehrnet/).
@@ -128,11 +128,15 @@ class TrainConfig:
         first-epoch flip. Memory: 4 * sum(C_l h_l w_l) bytes per sample
         (0.74 MB at W32).
     context_cache: "off" (the original), "memory" or "disk": compute the
-        frozen context (pose token and context blocks, eval mode) of every
-        training sample and both its views once, before the first epoch, and
-        train every epoch from it without images or the backbone (see
-        ``common.run.context_cache``; needs the CA-PF weights). "disk" also keeps it
-        in ``<checkpoint>/context_cache.pt`` for resumed and repeated runs.
+        frozen context (pose token and context blocks) of every training sample
+        and both its views once, before the first epoch, and train every epoch
+        from it without images or the backbone (see ``common.run.context_cache``;
+        needs the CA-PF weights). "disk" also keeps it in ``<checkpoint>/context_cache/``
+        (one part per shard) for resumed, interrupted and repeated runs.
+    context_cache_draws: R, the contexts kept per sample and view. R >= 1 (default
+        1): R draws of the frozen context blocks' stochastic depth, one read per
+        epoch, so each epoch's context has the recipe's law; R times the size.
+        0: the eval-mode context, without that stochastic depth (the same size as 1).
     context_cache_dtype: "float32" (the loss of the uncached path) or
         "bfloat16" (half the size, rounded).
     """
@@ -152,6 +156,7 @@ class TrainConfig:
     checkpoint_minutes: float = 15.0
     cache_features: bool = False
     context_cache: str = "off"
+    context_cache_draws: int = 1
     context_cache_dtype: str = "float32"
 
 
@@ -307,7 +312,7 @@ def load_config(path=None, overrides=None, dataset=None):
             or a dataset other than ``dataset``.
 
     A file in the original repository's format is read through
-    ``common.run.original_config`` (its meaningful keys mapped, the rest ignored
+    ``common.pipeline.original_config`` (its meaningful keys mapped, the rest ignored
     with a warning); a file in this project's format is strict.
     """
     values = {}
@@ -338,6 +343,26 @@ def load_config(path=None, overrides=None, dataset=None):
         if path is not None:
             raise ConfigError(f"{path}: {error}") from error
         raise
+
+
+def resolve_config(checkpoint, config=None, trust_checkpoint=False):
+    """The configuration a checkpoint was trained with.
+
+    ``config`` (a Config or a YAML path) wins; else the one training stored in
+    the checkpoint; else ``config.yaml`` beside it; else the defaults (the
+    released model, which the released ``best_*.bin`` files need).
+    """
+    if isinstance(config, Config):
+        return config
+    if config is not None:
+        return load_config(config)
+    stored = read_checkpoint(checkpoint, trust_checkpoint).get("config")
+    if isinstance(stored, dict):
+        return config_from_dict(stored)
+    beside = Path(checkpoint).with_name("config.yaml")
+    if beside.is_file():
+        return load_config(beside)
+    return Config()
 
 
 def config_to_dict(cfg):
@@ -395,6 +420,8 @@ def validate(cfg):
          "'off', 'memory' or 'disk'")
     need(t.context_cache_dtype in ("float32", "bfloat16"), "train.context_cache_dtype", t.context_cache_dtype,
          "'float32' or 'bfloat16'")
+    need(0 <= t.context_cache_draws <= 64, "train.context_cache_draws", t.context_cache_draws,
+         "an integer in [0, 64] (0: the eval-mode context)")
     e = cfg.evaluation
     need(e.num_proposals >= 1, "evaluation.num_proposals", e.num_proposals, "an integer >= 1")
     need(1 <= e.timesteps <= t.num_train_timesteps, "evaluation.timesteps", e.timesteps,

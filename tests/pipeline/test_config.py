@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.run.config import Config, ConfigError, load_config, output_paths, save_config
+from common.core.errors import ConfigError
 from common.model.networks import ModelConfig
+from common.pipeline.config import Config, load_config, output_paths, save_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 

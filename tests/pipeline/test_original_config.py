@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.run.config import Config, ConfigError, DEFAULT_BACKBONE_WEIGHTS, load_config
-from common.run.original_config import is_original_format
+from common.core.errors import ConfigError
+from common.pipeline.config import DEFAULT_BACKBONE_WEIGHTS, Config, load_config
+from common.pipeline.original_config import is_original_format
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
