@@ -25,11 +25,10 @@ for folder in (HERE, HERE.parent, HERE.parents[1]):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from hypothesis import (  # noqa: E402
-    HealthCheck, Phase, Verbosity, given, seed as hypothesis_seed, settings, strategies as st)
-
 from command_targets import COMMANDS, COST  # noqa: E402
 from harness import Sandbox, check_run  # noqa: E402
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings, strategies as st  # noqa: E402
+from hypothesis import seed as hypothesis_seed  # noqa: E402
 from targets import READERS  # noqa: E402
 
 TARGETS = {**READERS, **COMMANDS}

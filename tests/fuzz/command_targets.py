@@ -8,13 +8,11 @@ the campaign runs ``examples // COST`` of it.
 """
 import shutil
 
-import numpy as np
-import yaml
-from hypothesis import strategies as st
-
 import seeds
-from harness import Run
+import yaml
 from data_helpers import write_shard
+from harness import Run
+from hypothesis import strategies as st
 from mutate import mutated_bytes
 from targets import _npz, _torch, _write, _yaml, hostile_folder, hostile_path
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image
-
 from data_helpers import encode_image, h36m_key, make_h36m_sample, make_mpi_sample, write_split
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,8 +121,8 @@ def gif_bytes(frames=3):
 def templates():
     """A folder (built once) with dataset roots, a tiny checkpoint and its config: ``{name: Path}``."""
     from common.model.checkpoints import save_checkpoint
-    from common.pipeline.config import config_from_dict, save_config
     from common.model.networks import build_model
+    from common.pipeline.config import config_from_dict, save_config
 
     root = Path(tempfile.mkdtemp(prefix="fuzz-templates "))
     paths = {}

@@ -10,12 +10,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import seeds
 import torch
 import yaml
-from hypothesis import strategies as st
-
-import seeds
 from harness import Run, evil_pickle
+from hypothesis import strategies as st
 from mutate import materialize, mutated_bytes, mutated_tree
 
 # ---------------------------------------------------------------- paths

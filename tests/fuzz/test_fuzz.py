@@ -7,7 +7,6 @@ hypothesis's draws; turn it into a test in ``test_regressions.py``. The long
 campaign is ``python tests/fuzz/campaign.py`` (see docs/safety.md).
 """
 import pytest
-
 from campaign import TARGETS, fuzz
 from command_targets import COMMANDS
 from model_fixtures import single_thread  # noqa: F401

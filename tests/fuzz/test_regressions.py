@@ -5,11 +5,10 @@ through ``harness.check_run``, so it fails again if that cause comes back.
 """
 import pickle
 
-import numpy as np
 import pytest
-
 import seeds
 from harness import Run, Sandbox, check_run, evil_pickle
+
 from common.core.errors import BadInput, refuse
 
 
