@@ -100,10 +100,17 @@ class NoiseOptions:
     def __post_init__(self):
         for name in ("sigma", "outlier_sigma"):
             if not 0 <= getattr(self, name) < float("inf"):  # NaN fails too
-                raise BadInput(f"NoiseOptions.{name} must be finite and >= 0, got {getattr(self, name)}")
+                raise BadInput(f"NoiseOptions.{name} ({NOISE_FLAGS[name]}) must be finite and >= 0, "
+                               f"got {getattr(self, name)}")
         for name in ("outlier_rate", "swap_rate"):
             if not 0 <= getattr(self, name) <= 1:
-                raise BadInput(f"NoiseOptions.{name} is a probability in [0, 1], got {getattr(self, name)}")
+                raise BadInput(f"NoiseOptions.{name} ({NOISE_FLAGS[name]}) is a probability in [0, 1], "
+                               f"got {getattr(self, name)}")
+
+
+# The command-line option of each NoiseOptions field, for messages.
+NOISE_FLAGS = {"sigma": "--noise-px", "outlier_rate": "--outlier-rate", "outlier_sigma": "--outlier-px",
+               "swap_rate": "--swap-rate"}
 
 
 @dataclass

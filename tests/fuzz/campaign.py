@@ -35,6 +35,10 @@ from targets import READERS  # noqa: E402
 TARGETS = {**READERS, **COMMANDS}
 
 
+class OutOfTime(Exception):
+    """The target's share of the campaign's time is spent; the examples run so far are its result."""
+
+
 class Violation(AssertionError):
     """A run broke the property (raised only when failing fast, so hypothesis shows the input)."""
 
@@ -63,9 +67,13 @@ class Stats:
                 "outcomes": dict(self.outcomes), "causes": dict(self.causes)}
 
 
-def fuzz(name, examples, seed=0, time_limit=60.0, fail_fast=False):
-    """Run target ``name`` on ``examples`` generated inputs; returns Stats (raises Violation if ``fail_fast``)."""
+def fuzz(name, examples, seed=0, time_limit=60.0, fail_fast=False, seconds=None):
+    """Run target ``name`` on ``examples`` generated inputs, or fewer if ``seconds`` run out first.
+
+    Returns Stats; raises Violation at the first violation if ``fail_fast``.
+    """
     target, stats = TARGETS[name], Stats(name)
+    stop = None if seconds is None else time.time() + seconds
 
     @hypothesis_seed(seed)
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -73,6 +81,8 @@ def fuzz(name, examples, seed=0, time_limit=60.0, fail_fast=False):
               verbosity=Verbosity.normal if fail_fast else Verbosity.quiet)
     @given(st.data())
     def one(data):
+        if stop is not None and time.time() > stop:
+            raise OutOfTime()
         sandbox = Sandbox()
         try:
             result = check_run(target(data, sandbox), sandbox, time_limit)
@@ -82,7 +92,10 @@ def fuzz(name, examples, seed=0, time_limit=60.0, fail_fast=False):
         if fail_fast and result.violations:
             raise Violation(f"{name}: {result.violations} (message: {result.message[:300]!r})")
 
-    one()
+    try:
+        one()
+    except OutOfTime:
+        pass
     return stats
 
 
@@ -93,6 +106,8 @@ def main(argv=None):
                         "(command_targets.py) (default: 500)")
     parser.add_argument("--targets", help=f"comma-separated subset of: {', '.join(TARGETS)}")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds one run may take (default: 60)")
+    parser.add_argument("--minutes", type=float,
+                        help="stop each target after its share of this many minutes (default: no limit)")
     parser.add_argument("--report", help="also write the summary as JSON to this file")
     parser.add_argument("--memory-gb", type=float, default=16,
                         help="address-space limit of the campaign, so that an input asking for a huge "
@@ -110,7 +125,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     summaries, start = [], time.time()
     for name in names:
-        stats = fuzz(name, max(1, args.examples // COST.get(name, 1)), args.seed, args.time_limit)
+        share = None if args.minutes is None else 60 * args.minutes / len(names)
+        stats = fuzz(name, max(1, args.examples // COST.get(name, 1)), args.seed, args.time_limit, seconds=share)
         summaries.append(stats.summary())
         print(f"{name:>16}: {stats.examples} inputs, {summaries[-1]['ms_per_example']} ms each, "
               f"{dict(stats.outcomes)}", flush=True)
