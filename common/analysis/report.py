@@ -61,7 +61,7 @@ def _check_values(path, arrays):
         if not np.issubdtype(array.dtype, np.floating) or array.shape[-2:] != (NUM_JOINTS, 3):
             raise BadInput(f"{path}: '{name}' must be floats (..., {NUM_JOINTS}, 3) in metres, got "
                              f"{array.dtype} {array.shape}")
-        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=tuple(range(1, array.ndim))))  # also for 0 rows
         if bad.size:
             raise BadInput(f"{path}: '{name}' holds NaN or infinite values in {bad.size} samples (first "
                              f"keys {[str(k) for k in arrays['keys'][bad[:3]]]}): the metrics would be NaN; "

@@ -218,3 +218,13 @@ def test_analyze_on_a_full_disk_says_so_and_leaves_no_part(sandbox):
     out = str(sandbox.out / "analysis")
     result = assert_holds(Run(lambda: main([str(path), "--out", out]), names=(out,), disk_full=True), sandbox)
     assert result.status == 2 and "disk is full" in result.message
+
+
+def test_predictions_with_empty_ground_truth_are_refused_naming_the_file(sandbox):
+    # Was numpy's "cannot reshape array of size 0" with no file name.
+    from common.analysis.report import load_predictions
+    arrays = seeds.predictions()
+    arrays["ground_truth"] = arrays["ground_truth"][:0]
+    path = sandbox.inputs / "predictions.npz"
+    path.write_bytes(seeds.npz_bytes(arrays))
+    assert_holds(Run(lambda: load_predictions(path), names=(str(path),), expected=(BadInput,)), sandbox)
