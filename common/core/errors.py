@@ -20,9 +20,8 @@ class ConfigError(BadInput):
 
 
 def one_line(error):
-    """``str(error)`` on one line (parsers' messages span several), at most 300 characters."""
-    text = re.sub(r"\s*\n\s*", " ", str(error).strip())  # only line breaks: a path keeps its spaces
-    return text if len(text) <= 300 else text[:297] + "..."
+    """``str(error)`` on one line (parsers' messages span several)."""
+    return re.sub(r"\s*\n\s*", " ", str(error).strip())  # only line breaks: a path keeps its spaces
 
 
 def refuse(error, log=None):

@@ -108,16 +108,15 @@ def read_npz(path, what, error, hint="", names=None):
     """
     path = require_file(path, what, error, hint)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an npz archive")
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an npz archive")
+        with loaded as npz:
             wanted = npz.files if names is None else [n for n in names if n in npz.files]
             return {name: npz[name] for name in wanted}
-    except AttributeError:  # a .npy file has no context manager in some numpy versions
-        problem = "a single .npy array, not an npz archive"
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, RecursionError, MemoryError) as exn:
         problem = f"not a readable npz archive ({type(exn).__name__}: {one_line(exn)})"
-    raise error(f"{what} {path}: {problem}{_h(hint)}")
+    raise error(f"cannot read {what} {path}: {problem}{_h(hint)}")
 
 
 def _h(hint):
