@@ -29,8 +29,8 @@ from command_targets import COMMANDS, COST  # noqa: E402
 from harness import Sandbox, check_run  # noqa: E402
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
-from hypothesis.errors import FlakyStrategyDefinition  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.errors import FlakyStrategyDefinition  # noqa: E402
 from targets import READERS  # noqa: E402
 
 TARGETS = {**READERS, **COMMANDS}
