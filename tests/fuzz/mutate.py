@@ -145,7 +145,7 @@ def mutated_tree(draw, valid, max_edits=3):
             parent = _get(tree, path[:-1])
             parent[draw(st.sampled_from(["unknown_key", str(path[-1]).upper(), 7, ""]))] = parent.pop(path[-1])
         else:
-            tree = _set(tree, path, draw(REPLACEMENTS))
+            tree = _set(tree, path, copy.deepcopy(draw(REPLACEMENTS)))  # later edits must not change the pool
     return tree
 
 

@@ -228,3 +228,21 @@ def test_predictions_with_empty_ground_truth_are_refused_naming_the_file(sandbox
     path = sandbox.inputs / "predictions.npz"
     path.write_bytes(seeds.npz_bytes(arrays))
     assert_holds(Run(lambda: load_predictions(path), names=(str(path),), expected=(BadInput,)), sandbox)
+
+
+def test_a_checkpoint_with_a_tensor_name_that_is_not_a_string_is_refused(sandbox):
+    # Was an AttributeError traceback ('int' object has no attribute 'startswith').
+    import torch
+
+    from common.model.checkpoints import CheckpointError, load_snappose_weights
+    path = sandbox.inputs / "best_h36m.bin"
+    torch.save({"epoch": 1, "model_pos": {7: torch.zeros(2)}}, path)
+    run = Run(lambda: load_snappose_weights(seeds.tiny_denoiser(), path), names=(str(path),),
+              expected=(CheckpointError,))
+    assert_holds(run, sandbox)
+
+
+def test_a_shard_error_quoting_an_array_is_one_line():
+    from common.data.samples import bad_sample
+    error = bad_sample("shard-000.tar", "key", "pyd field 'center' is not numeric ([[1\n 2]])")
+    assert "\n" not in str(error) and "shard-000.tar" in str(error)
