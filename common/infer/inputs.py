@@ -24,6 +24,10 @@ Annotation files (one person per entry, several per image allowed):
   ``boxes`` (N, 4) x, y, w, h, and ``format`` ("coco" or "h36m").
 Keypoints are image pixels; a third value of 0 (COCO's visibility 0, a score of
 0) marks a joint that is missing.
+
+Any person entry may carry a ``track_id`` (PoseTrack's and MMPose's name; the npz
+column ``tracks``): an integer >= 0 that names the same person in every frame. Given
+ids are kept; persons without one are tracked (``common.infer.tracking``).
 """
 import logging
 import re
@@ -59,11 +63,13 @@ class PersonSpec:
 
     bbox: (x, y, w, h), or a dict with ``center`` and ``scale``, or None.
     keypoints: (17, 2 or 3) array in ``format`` order, or None (find them with the backbone).
+    track: the identity the file gives (an int >= 0), or None (found by tracking).
     """
 
     bbox: object = None
     keypoints: object = None
     format: str = "coco"
+    track: object = None
 
 
 def read_image(path):
@@ -248,7 +254,18 @@ def _person(entry, where, default_format):
     bbox = entry.get("bbox")
     if bbox is not None and not isinstance(bbox, dict):
         bbox = _numbers(bbox, where, "bbox").reshape(-1).tolist()
-    return PersonSpec(bbox=bbox, keypoints=keypoints, format=fmt)
+    return PersonSpec(bbox=bbox, keypoints=keypoints, format=fmt, track=_track_id(entry.get("track_id"), where))
+
+
+def _track_id(value, where):
+    """A given track id as an int >= 0, or None; InputError for anything else (a name, a fraction, a negative number)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer() or value < 0:
+        raise InputError(f"{where}: track_id must be an integer >= 0 naming the person across frames, got {value!r}; "
+                         f"fix it or leave track_id out to let tracking find the identities")
+    return int(value)
 
 
 def _mmpose_person(instance, where):
@@ -257,7 +274,7 @@ def _mmpose_person(instance, where):
         x1, y1, x2, y2 = _numbers(bbox, where, "bbox").reshape(-1)[:4]
         bbox = [x1, y1, x2 - x1, y2 - y1]
     return _person({"keypoints": instance.get("keypoints"), "keypoint_scores": instance.get("keypoint_scores"),
-                    "bbox": bbox}, where, "coco")
+                    "bbox": bbox, "track_id": instance.get("track_id")}, where, "coco")
 
 
 def _number_in_name(name):
@@ -371,7 +388,7 @@ def _read_npz(path, default_format):
     if not np.isfinite(keypoints).all():
         bad = np.flatnonzero(~np.isfinite(keypoints).all(axis=(1, 2)))
         raise InputError(f"{path}: 'keypoints' rows {bad[:10].tolist()} hold NaN or infinite values; fix or drop them")
-    for name in ("names", "frames"):
+    for name in ("names", "frames", "tracks"):
         if name in arrays and arrays[name].shape != (len(keypoints),):
             raise InputError(f"{path}: '{name}' must be ({len(keypoints)},), one per keypoint row, "
                              f"got {arrays[name].shape}")
@@ -385,10 +402,13 @@ def _read_npz(path, default_format):
         names, match = [str(n) for n in arrays["names"]], "name"
     else:
         names, match = [int(n) for n in arrays.get("frames", np.arange(len(keypoints)))], "frame"
+    tracks = arrays.get("tracks")
     people = {}
     for i, name in enumerate(names):
         bbox = None if boxes is None else boxes[i].astype(np.float64).tolist()
-        people.setdefault(name, []).append(PersonSpec(bbox=bbox, keypoints=keypoints[i].astype(np.float64), format=fmt))
+        track = None if tracks is None else _track_id(tracks[i].item(), f"{path}, 'tracks' row {i}")
+        people.setdefault(name, []).append(PersonSpec(bbox=bbox, keypoints=keypoints[i].astype(np.float64), format=fmt,
+                                                      track=track))
     return people, match
 
 

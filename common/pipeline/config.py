@@ -27,7 +27,7 @@ import yaml
 from common.core.errors import ConfigError
 from common.core.reading import read_yaml
 from common.core.skeleton import DATASETS
-from common.model.acceleration import PRECISIONS
+from common.model.acceleration import PRECISION_OPTIONS
 from common.model.checkpoints import read_checkpoint
 from common.model.networks import ModelConfig, build_networks
 from common.model.samplers import SAMPLERS, SamplingConfig
@@ -170,7 +170,8 @@ class EvalConfig:
     sampler: "ddim" (the paper's), "ddim-trailing", "dpm++" or "unipc"
         (``common.model.samplers``); the others reach DDIM's K = 20 quality in fewer steps.
     precision: "fp32" (the paper's), "bf16" or "fp16": autocast of backbone and
-        denoiser (``common.model.acceleration``).
+        denoiser (``common.model.acceleration``); "auto": bf16 where the device
+        computes it natively, else fp32 (``acceleration.resolve_precision``).
     compile: run the denoising step through ``torch.compile``.
     save_predictions: npz path for keys, all hypotheses and ground truth (None: off).
     visualize: number of samples drawn as PNG figures (0: off).
@@ -427,7 +428,8 @@ def validate(cfg):
     need(1 <= e.timesteps <= t.num_train_timesteps, "evaluation.timesteps", e.timesteps,
          f"an integer in [1, num_train_timesteps={t.num_train_timesteps}]")
     need(e.sampler in SAMPLERS, "evaluation.sampler", e.sampler, f"one of {', '.join(SAMPLERS)}")
-    need(e.precision in PRECISIONS, "evaluation.precision", e.precision, f"one of {', '.join(PRECISIONS)}")
+    need(e.precision in PRECISION_OPTIONS, "evaluation.precision", e.precision,
+         f"one of {', '.join(PRECISION_OPTIONS)}")
     need(e.visualize >= 0, "evaluation.visualize", e.visualize, "an integer >= 0")
 
 

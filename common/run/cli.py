@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.core.errors import BadInput, one_line, refuse
 from common.core.files import DiskFullError
-from common.model.acceleration import PRECISIONS
+from common.model.acceleration import PRECISION_OPTIONS
 from common.model.samplers import SAMPLERS
 from common.pipeline.config import load_config, output_paths
 from common.run import distributed
@@ -107,8 +107,9 @@ def build_parser(dataset):
     new.add_argument("--sampler", choices=SAMPLERS,
                      help="sampler at evaluation (default: ddim, the paper's; dpm++ or unipc at -timesteps 5 "
                           "match it in a quarter of the steps, see README 'Faster evaluation')")
-    new.add_argument("--precision", choices=PRECISIONS,
-                     help="autocast precision of backbone and denoiser at evaluation (default: fp32)")
+    new.add_argument("--precision", choices=PRECISION_OPTIONS,
+                     help="autocast precision of backbone and denoiser at evaluation (default: fp32, the paper's; "
+                          "auto: bf16 where the device computes it natively, else fp32)")
     new.add_argument("--compile", action="store_true", default=None,
                      help="compile the denoising step with torch.compile at evaluation")
     new.add_argument("--val-sampler", choices=SAMPLERS, help="sampler during validation (default: ddim)")
