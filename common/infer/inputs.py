@@ -31,6 +31,7 @@ ids are kept; persons without one are tracked (``common.infer.tracking``).
 """
 import logging
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,10 @@ SEQUENCE_SUFFIXES = (".gif",) + VIDEO_SUFFIXES
 KEYPOINT_FORMATS = ("coco", "h36m")
 MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
 MIN_IMAGE_SIDE = 16  # smaller images cannot show a person: refused
-# What Pillow raises for a damaged or foreign file (a broken PNG chunk is a SyntaxError, a short one an EOFError).
-PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# What Pillow raises for a damaged or foreign file (a broken PNG chunk is a SyntaxError, a short one an
+# EOFError, a GIF frame past its damaged end an IndexError or struct.error).
+PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+              Image.DecompressionBombError)
 
 
 class InputError(BadInput):

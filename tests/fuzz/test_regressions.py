@@ -246,3 +246,12 @@ def test_a_shard_error_quoting_an_array_is_one_line():
     from common.data.samples import bad_sample
     error = bad_sample("shard-000.tar", "key", "pyd field 'center' is not numeric ([[1\n 2]])")
     assert "\n" not in str(error) and "shard-000.tar" in str(error)
+
+
+@pytest.mark.parametrize("cut", range(20, 400, 7))
+def test_a_gif_cut_at_any_byte_is_an_input_error(sandbox, cut):
+    # Was an IndexError or struct.error traceback from Pillow's GIF reader.
+    from common.infer.inputs import InputError, video_frames
+    path = sandbox.inputs / "clip.gif"
+    path.write_bytes(seeds.gif_bytes()[:cut])
+    assert_holds(Run(lambda: list(video_frames(path)), names=(str(path),), expected=(InputError,)), sandbox)
