@@ -112,7 +112,8 @@ def check_label(label):
         value = label[name]
         if isinstance(value, np.ndarray) and value.size == 1:
             value = value.item()
-        if not isinstance(value, numbers.Real) or not float(value).is_integer() or not low <= value <= high:
+        # The range first: float() of a huge integer overflows.
+        if not isinstance(value, numbers.Real) or not low <= value <= high or not float(value).is_integer():
             return "bad_value", f"{name} = {value!r}, expected an integer in {low}-{high}"
     shapes = {**ARRAY_FIELDS, **{k: v for k, v in OPTIONAL_ARRAY_FIELDS.items() if k in label}}
     for name, shape in shapes.items():

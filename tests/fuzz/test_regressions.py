@@ -255,3 +255,11 @@ def test_a_gif_cut_at_any_byte_is_an_input_error(sandbox, cut):
     path = sandbox.inputs / "clip.gif"
     path.write_bytes(seeds.gif_bytes()[:cut])
     assert_holds(Run(lambda: list(video_frames(path)), names=(str(path),), expected=(InputError,)), sandbox)
+
+
+def test_a_label_with_a_huge_integer_is_a_bad_label():
+    # Was an OverflowError traceback (float() of 10**400).
+    from common.data.convert import check_label
+    label = seeds.labels()[0]
+    label["subject"] = 10**400
+    assert check_label(label)[0] == "bad_value"
