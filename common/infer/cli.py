@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.core.errors import ConfigError
-from common.core.files import DiskFullError, atomic_write, remove_orphaned_temporaries
+from common.core.errors import BadInput, refuse
+from common.core.files import DiskFullError, atomic_write, output_folder, remove_orphaned_temporaries
 from common.core.layout import SNAPPOSE_WEIGHTS, find_released
 from common.core.skeleton import JOINT_NAMES
 from common.infer import motion
@@ -42,7 +42,6 @@ from common.infer.keypoints import HEATMAP_DECODERS
 from common.infer.lifting import lift_people
 from common.infer.person import MissingJointsError, prepare_person
 from common.model.acceleration import PRECISION_OPTIONS, resolve_precision
-from common.model.checkpoints import CheckpointError
 from common.model.samplers import SAMPLERS
 
 log = logging.getLogger(__name__)
@@ -162,8 +161,7 @@ def run(args):
     boxes = read_annotations(args.boxes, args.keypoint_format) if args.boxes else None
     model = load_model(args.checkpoint, args.config, args.device, args.backbone_weights,
                        heatmaps=args.keypoints is None, trust_checkpoint=args.trust_checkpoint)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out, "--out folder", InputError)
     stem = Path(args.input).stem if kind != "folder" else Path(args.input).resolve().name
     figures = FigureWriter(out, stem, args.visualize, args.animate and kind != "image")
     sampling = model.config.sampling().replace(
@@ -272,9 +270,8 @@ def main(argv=None):
     args.checkpoint = str(find_released(args.checkpoint))
     try:
         records, written = run(args)
-    except (InputError, CheckpointError, ConfigError, FileNotFoundError, DiskFullError) as error:
-        log.error("%s", error)
-        return 2
+    except (BadInput, FileNotFoundError, DiskFullError) as error:
+        return refuse(error, log)
     except KeyboardInterrupt:
         log.error("interrupted: results already in %s are the previous run's (nothing is written in part)", args.out)
         return 130

@@ -29,15 +29,18 @@ Any person entry may carry a ``track_id`` (PoseTrack's and MMPose's name; the np
 column ``tracks``): an integer >= 0 that names the same person in every frame. Given
 ids are kept; persons without one are tracked (``common.infer.tracking``).
 """
-import json
 import logging
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+from common.core.errors import BadInput, one_line
+from common.core.reading import read_json, read_npz, require_file
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,13 @@ SEQUENCE_SUFFIXES = (".gif",) + VIDEO_SUFFIXES
 KEYPOINT_FORMATS = ("coco", "h36m")
 MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
 MIN_IMAGE_SIDE = 16  # smaller images cannot show a person: refused
+# What Pillow raises for a damaged or foreign file (a broken PNG chunk is a SyntaxError, a short one an
+# EOFError, a GIF frame past its damaged end an IndexError or struct.error).
+PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+              Image.DecompressionBombError)
 
 
-class InputError(ValueError):
+class InputError(BadInput):
     """A user's input (image, video, box or keypoint file) that cannot be used; the message says why."""
 
 
@@ -74,16 +81,16 @@ def read_image(path):
     Raises InputError if it is missing, does not decode, or has more than
     MAX_IMAGE_PIXELS pixels (refused from its header, before decoding).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image {path} not found")
+    path = require_file(path, "image", InputError)
     try:
         with Image.open(path) as image:
             _refuse_size(image, path)
             return to_rgb(ImageOps.exif_transpose(image))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read image {path} ({type(error).__name__}: {error}); expected a whole file "
-                         f"Pillow decodes ({', '.join(IMAGE_SUFFIXES)}): re-export it") from error
+    except PIL_ERRORS as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"cannot read image {path} ({type(error).__name__}: {one_line(error)}); expected a whole "
+                         f"file Pillow decodes ({', '.join(IMAGE_SUFFIXES)}): re-export it") from error
 
 
 def to_rgb(image):
@@ -160,18 +167,24 @@ def _require_av(path):
 
 def count_frames(path):
     """Number of frames of a video, or None where the container does not say."""
-    path = Path(path)
+    path = require_file(path, "video", InputError)
     if path.suffix.lower() == ".gif":
-        with Image.open(path) as image:
-            return getattr(image, "n_frames", 1)
+        try:
+            with Image.open(path) as image:
+                return getattr(image, "n_frames", 1)
+        except PIL_ERRORS:
+            return None  # video_frames says what is wrong with it
     av = _require_av(path)
-    with av.open(str(path)) as container:
-        return container.streams.video[0].frames or None
+    try:
+        with av.open(str(path)) as container:
+            return container.streams.video[0].frames or None
+    except (av.FFmpegError, IndexError):
+        return None
 
 
 def video_frames(path, every=1, max_frames=None):
     """Yield (frame number, (H, W, 3) uint8 RGB) of a video, every ``every``-th frame, at most ``max_frames``."""
-    path = Path(path)
+    path = require_file(path, "video", InputError)
     if every < 1:
         raise InputError(f"every must be at least 1 (lift every N-th frame), got {every}")
 
@@ -181,16 +194,18 @@ def video_frames(path, every=1, max_frames=None):
                 with Image.open(path) as image:
                     for frame in ImageSequence.Iterator(image):
                         yield np.asarray(frame.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as error:
-                raise InputError(f"cannot read the GIF {path} ({error})") from error
+            except PIL_ERRORS as error:
+                raise InputError(f"cannot read the GIF {path} ({type(error).__name__}: {one_line(error)}); "
+                                 f"re-export it") from error
             return
         av = _require_av(path)
         try:
             with av.open(str(path)) as container:
                 for frame in container.decode(video=0):
                     yield frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as error:
-            raise InputError(f"cannot decode the video {path} ({error})") from error
+        except (av.FFmpegError, IndexError) as error:  # IndexError: a container without a video stream
+            raise InputError(f"cannot decode the video {path} ({type(error).__name__}: {one_line(error)}); "
+                             f"re-encode it or extract its frames into a folder") from error
 
     yielded = 0
     for number, frame in enumerate(decoded()):
@@ -281,18 +296,14 @@ def read_annotations(path, default_format="coco"):
     Raises:
         InputError: a missing or malformed file, naming what was expected.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"annotation file {path} not found")
+    path = require_file(path, "annotation file", InputError)
     if default_format not in KEYPOINT_FORMATS:
         raise ValueError(f"keypoint format must be one of {KEYPOINT_FORMATS}, got {default_format!r}")
     if path.suffix.lower() == ".npz":
         people, match = _read_npz(path, default_format)
     else:
-        try:
-            data = json.loads(path.read_text(), object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"annotation file {path} is not valid JSON ({error})") from error
+        data = read_json(path, "annotation file", InputError, "expected one of the formats of docs/inference.md",
+                         object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
         try:
             people, match = _parse_annotations(data, path, default_format)
         except InputError:
@@ -370,12 +381,8 @@ def _parse_annotations(data, path, default_format):
 
 
 def _read_npz(path, default_format):
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read {path} as npz ({error}); keypoint npz files must hold plain numeric "
-                         f"or string arrays (np.savez without object arrays), which load without pickle") from error
+    arrays = read_npz(path, "keypoint file", InputError, "keypoint npz files must hold plain numeric or string "
+                      "arrays (np.savez without object arrays), which load without pickle")
     if "keypoints" not in arrays:
         raise InputError(f"{path} has no 'keypoints' array (found {sorted(arrays)})")
     keypoints = arrays["keypoints"]

@@ -26,6 +26,7 @@ import yaml
 
 from common.core import layout
 from common.core.errors import ConfigError
+from common.core.reading import read_yaml
 from common.core.skeleton import DATASETS
 from common.model.acceleration import PRECISION_OPTIONS
 from common.model.checkpoints import read_checkpoint
@@ -314,16 +315,8 @@ def load_config(path=None, overrides=None, dataset=None):
     """
     values = {}
     if path is not None:
-        path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"config file {path} is a folder; pass a YAML file to --config (examples are in config/)")
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config "
-                              f"(examples are in config/)")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        values = read_yaml(path, "config file", ConfigError,
+                           "pass an existing YAML file to --config (examples are in config/)") or {}
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level, "
                               f"got {type(values).__name__}")

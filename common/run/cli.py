@@ -13,7 +13,8 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.core.errors import ConfigError
+from common.core.errors import BadInput, one_line, refuse
+from common.core.files import DiskFullError
 from common.core.layout import find_released
 from common.model.acceleration import PRECISION_OPTIONS
 from common.model.samplers import SAMPLERS
@@ -206,8 +207,8 @@ def main(dataset, argv=None):
         cfg = load_config(args.config, overrides_from_args(args), dataset=dataset)
         evaluate_file = resolve_checkpoint_file(args.evaluate, cfg.checkpoint, "--evaluate") if args.evaluate else None
         resume_file = resolve_checkpoint_file(args.resume, cfg.checkpoint, "--resume") if args.resume else None
-    except (ConfigError, FileNotFoundError) as error:
-        parser.error(str(error))
+    except (BadInput, FileNotFoundError) as error:
+        parser.error(one_line(error))
     if evaluate_file is not None and args.checkpoint is None:
         # Metrics, figures and predictions belong beside the checkpoint they describe, not in
         # a folder that the config's (often relative) checkpoint path makes in the current directory.
@@ -222,8 +223,6 @@ def main(dataset, argv=None):
                             f"--save-predictions (or the config) names, and not also to {saved}")
 
     # Imported here so that --help and configuration errors answer without loading the model code.
-    from common.data.samples import ShardDataError
-    from common.model.checkpoints import CheckpointError
     from common.run.evaluation import evaluate
     from common.run.training import TrainingDivergedError, train
 
@@ -244,9 +243,8 @@ def main(dataset, argv=None):
     except KeyboardInterrupt:
         log.warning("interrupted; resume with -r latest_epoch.bin -c %s", cfg.checkpoint)
         return 130
-    except (CheckpointError, FileNotFoundError, ConfigError, ShardDataError, RunLockError) as error:
-        log.error("%s", error)
-        return 2
+    except (BadInput, FileNotFoundError, RunLockError, DiskFullError) as error:
+        return refuse(error, log)
     except TrainingDivergedError as error:
         log.error("%s", error)
         return 1

@@ -153,7 +153,7 @@ def test_bad_inputs_are_skipped_and_reported(toolbox, tmp_path):
 
 def test_bad_label_files_and_options(tmp_path, toolbox):
     label_path, images, _ = toolbox
-    with pytest.raises(convert.ConversionError, match="does not exist"):
+    with pytest.raises(convert.ConversionError, match="not found"):
         convert.convert_h36m(tmp_path / "none_train.pkl", images, tmp_path / "o", progress=False)
     (tmp_path / "junk_train.pkl").write_bytes(b"not a pickle")
     with pytest.raises(convert.ConversionError, match="does not unpickle"):
