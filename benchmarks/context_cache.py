@@ -21,7 +21,7 @@ mode, denoiser, AdamW) and one from the cache (denoiser and AdamW), taking
 turns, and the build's cost per sample for each R (decoding and the backbone
 once per view, the context blocks R times).
 
-    python -m benchmarks.context_cache speed -w webdataset/synthetic --batch-size 16 --rounds 4 --draws 0 1 4 8
+    python -m benchmarks.context_cache speed --batch-size 16 --rounds 4 --draws 0 1 4 8
 """
 import argparse
 import json
@@ -289,7 +289,8 @@ def build_parser():
     r.add_argument("--config", required=True)
     r.add_argument("--features", required=True)
     s = commands.add_parser("speed", help="full-size model: a step from images vs from the cache; build cost per R")
-    s.add_argument("-w", "--webdataset-path", default="webdataset/synthetic")
+    s.add_argument("-w", "--webdataset-path", default="webdataset/context_cache_benchmark",
+                   help="folder for full-frame synthetic shards (written once, reused after)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--rounds", type=int, default=4)
     s.add_argument("--draws", nargs="+", type=int, default=[0, 1, 4, 8])

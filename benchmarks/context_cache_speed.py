@@ -82,7 +82,7 @@ def build_costs(root, args, backbone, denoiser):
 def speed(args):
     torch.set_num_threads(args.threads)
     root = Path(args.webdataset_path)
-    generate_dataset(root, "h36m", num_train=max(2 * args.batch_size, 32), num_test=8, progress=False)
+    generate_dataset(root, "h36m", num_train=max(2 * args.batch_size, 4), num_test=2, progress=False)
     backbone, denoiser, optimizer = _networks()
     print(f"CPU, {torch.get_num_threads()} thread(s); torch {torch.__version__}; full-size model, batch "
           f"{args.batch_size}, {args.rounds} rounds taking turns", flush=True)

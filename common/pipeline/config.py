@@ -132,9 +132,10 @@ class TrainConfig:
         from it without images or the backbone (see ``common.run.context_cache``;
         needs the CA-PF weights). "disk" also keeps it in ``<checkpoint>/context_cache/``
         (one part per shard) for resumed, interrupted and repeated runs.
-    context_cache_draws: R, the contexts kept per sample and view. 0: the
-        eval-mode context, without the frozen blocks' stochastic depth; R >= 1:
-        R draws of it, one read per epoch (the recipe's law), R times the size.
+    context_cache_draws: R, the contexts kept per sample and view. R >= 1 (default
+        1): R draws of the frozen context blocks' stochastic depth, one read per
+        epoch, so each epoch's context has the recipe's law; R times the size.
+        0: the eval-mode context, without that stochastic depth (the same size as 1).
     context_cache_dtype: "float32" (the loss of the uncached path) or
         "bfloat16" (half the size, rounded).
     """
@@ -154,7 +155,7 @@ class TrainConfig:
     checkpoint_minutes: float = 15.0
     cache_features: bool = False
     context_cache: str = "off"
-    context_cache_draws: int = 0
+    context_cache_draws: int = 1
     context_cache_dtype: str = "float32"
 
 

@@ -89,9 +89,9 @@ def check_config(cfg):
     if cfg.train.cache_features:
         problems.append("train.cache_features is true as well; the context cache already skips the images and "
                         "the backbone and keeps 17x less per sample, so set train.cache_features: false")
-    if cfg.train.context_cache_draws and cfg.model.drop_path_rate == 0:
+    if cfg.train.context_cache_draws > 1 and cfg.model.drop_path_rate == 0:
         log.warning("train.context_cache_draws is %d but model.drop_path_rate is 0: every draw is the same "
-                    "context; train.context_cache_draws: 0 keeps one", cfg.train.context_cache_draws)
+                    "context; train.context_cache_draws: 1 keeps one", cfg.train.context_cache_draws)
     if problems:
         raise ConfigError(f"train.context_cache: {cfg.train.context_cache} cannot be used: "
                           + "; ".join(problems) + ". Otherwise set train.context_cache: off.")
