@@ -116,7 +116,8 @@ def test_without_stochastic_depth_every_draw_is_the_image_paths_context(cached_c
     backbone, denoiser = _networks(cfg)
     contexts = _all(context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False))
     assert contexts.shape[:3] == (4, 2, draws)
-    batch = next(iter(build_loader(cfg.data.root, "h36m", train=False, batch_size=4, split="train")))
+    batch = next(iter(build_loader(cfg.data.root, "h36m", train=False, batch_size=4, split="train",
+                                    uint8_crops=False)))
     denoiser.train()
     with torch.no_grad():
         for view in range(2):
@@ -144,7 +145,8 @@ def test_a_given_keep_pattern_gives_the_training_mode_forward_under_that_pattern
     backbone, denoiser = _networks(cfg)
     rates = denoiser.context_drop_rates
     assert rates == pytest.approx((0.0, 0.2, 0.4, 0.6))
-    batch = next(iter(build_loader(cfg.data.root, "h36m", train=False, batch_size=4, split="train")))
+    batch = next(iter(build_loader(cfg.data.root, "h36m", train=False, batch_size=4, split="train",
+                                    uint8_crops=False)))
     args = (batch["keypoints_2d"][:, :1], batch["ref"][:, 0], backbone(batch["image"][:, 0]))
     with torch.no_grad():
         for seed in range(5):
