@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint venv clean-demo
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-onnx.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-onnx.txt requirements-video.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt

@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.pipeline import Setting
 from common.data.loader import build_loader
-from common.model.acceleration import PRECISIONS
+from common.model.acceleration import PRECISION_OPTIONS, resolve_precision
 from common.model.samplers import SAMPLERS
 from common.pipeline import SnapPosePipeline
 from common.pipeline.config import load_config
@@ -34,7 +34,8 @@ def build_parser():
     parser.add_argument("--max-samples", type=int, default=400, help="test images")
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[20, 10, 5, 3], help="values of K")
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", choices=PRECISION_OPTIONS, default=["fp32", "bf16"],
+                        help="auto: bf16 where the device computes it natively, else fp32")
     parser.add_argument("--settings", nargs="+", type=Setting.parse, metavar="SAMPLER:K:PRECISION",
                         help="evaluate exactly these, in this order, instead of the grid above")
     parser.add_argument("--hypotheses", type=int, help="H (default: the config's evaluation.num_proposals)")
@@ -72,6 +73,7 @@ def main(argv=None):
     grid = [(s.sampler, s.steps, s.precision) for s in args.settings] if args.settings else \
         [(sampler, steps, precision) for precision in args.precisions for sampler in args.samplers
          for steps in args.steps]
+    grid = [(sampler, steps, resolve_precision(precision, device)) for sampler, steps, precision in grid]
     rows = []
     for sampler, steps, precision in grid:
         start = time.perf_counter()

@@ -29,6 +29,8 @@ from PIL import Image
 
 import webdataset as wds
 from common.analysis.metrics import mpjpe, n_mpjpe, p_mpjpe
+from common.core.errors import BadInput, refuse
+from common.core.files import DiskFullError, output_folder
 from common.core.geometry import image_coordinates
 from common.data.loader import find_shards
 from common.data.samples import H36M_FIELDS, read_fields, read_pose_3d
@@ -146,6 +148,19 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return _demo(args)
+    except (BadInput, FileNotFoundError, DiskFullError) as error:
+        return refuse(error)
+
+
+def _demo(args):
+    """Run the demo's stages for ``main``'s parsed ``args``; returns the exit status."""
+    if args.train_samples < 1 or args.test_samples < 1 or args.lift_images < 0:
+        raise BadInput(f"--train-samples and --test-samples must be at least 1 and --lift-images at least 0, got "
+                       f"{args.train_samples}, {args.test_samples} and {args.lift_images}")
+    output_folder(args.data, "--data folder")
+    output_folder(args.out, "--out folder")
     stages, start = [], time.time()
 
     def stage_done(name):

@@ -12,7 +12,6 @@ spread and error, and the nearest-k% table (``common.analysis.reliability``). Wr
 import argparse
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from common.analysis.reliability import ReliabilityAccumulator, nearest_table
-from common.core.files import write_text
+from common.core.errors import BadInput, refuse
+from common.core.files import DiskFullError, output_folder, write_text
+from common.core.reading import read_npz
 from common.core.skeleton import NUM_JOINTS
 from common.data.samples import H36M_KEY, parse_key
 
@@ -31,30 +32,22 @@ REQUIRED = {"keys": 1, "hypotheses": 4, "ground_truth": 3}
 def load_predictions(path):
     """keys (N,), hypotheses (N, H, 17, 3) and ground truth (N, 17, 3) of an evaluation's npz; ValueError if malformed."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"predictions file {path} not found: evaluate with --save-predictions FILE.npz (or -s)")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not hasattr(loaded, "files"):
-            raise ValueError("a single .npy array, not an npz archive")
-        with loaded as npz:
-            found = sorted(npz.files)
-            arrays = {name: npz[name] for name in REQUIRED if name in found}
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        raise ValueError(f"cannot read {path} as evaluation predictions ({type(error).__name__}: {error}); "
-                         f"expected the npz evaluation writes with --save-predictions (plain arrays, no pickled "
-                         f"objects: such files are refused, never unpickled)") from error
+    arrays = read_npz(path, "predictions file", BadInput, "expected the npz evaluation writes with "
+                      "--save-predictions (plain arrays, no pickled objects: such files are refused, never unpickled)")
+    found = sorted(arrays)
     missing = sorted(set(REQUIRED) - set(arrays))
     if missing:
-        raise ValueError(f"{path} lacks {missing}: expected the npz evaluation writes (keys, hypotheses, "
+        raise BadInput(f"{path} lacks {missing}: expected the npz evaluation writes (keys, hypotheses, "
                          f"ground_truth); found {found}")
     for name, ndim in REQUIRED.items():
         if arrays[name].ndim != ndim:
-            raise ValueError(f"{path}: '{name}' has shape {arrays[name].shape}, expected {ndim} dimensions")
+            raise BadInput(f"{path}: '{name}' has shape {arrays[name].shape}, expected {ndim} dimensions")
     _check_values(path, arrays)
     n = len(arrays["keys"])
     if len(arrays["hypotheses"]) != n or arrays["ground_truth"].shape != (n,) + arrays["hypotheses"].shape[2:]:
-        raise ValueError(f"{path}: keys {arrays['keys'].shape}, hypotheses {arrays['hypotheses'].shape} and "
+        raise BadInput(f"{path}: keys {arrays['keys'].shape}, hypotheses {arrays['hypotheses'].shape} and "
                          f"ground_truth {arrays['ground_truth'].shape} do not match")
     return arrays
 
@@ -62,15 +55,15 @@ def load_predictions(path):
 def _check_values(path, arrays):
     """ValueError for predictions that would score silently wrong: no samples, not floats, NaN or inf."""
     if len(arrays["keys"]) == 0 or arrays["hypotheses"].shape[1] == 0:
-        raise ValueError(f"{path} holds no samples or no hypotheses: nothing to analyse")
+        raise BadInput(f"{path} holds no samples or no hypotheses: nothing to analyse")
     for name in ("hypotheses", "ground_truth"):
         array = arrays[name]
         if not np.issubdtype(array.dtype, np.floating) or array.shape[-2:] != (NUM_JOINTS, 3):
-            raise ValueError(f"{path}: '{name}' must be floats (..., {NUM_JOINTS}, 3) in metres, got "
+            raise BadInput(f"{path}: '{name}' must be floats (..., {NUM_JOINTS}, 3) in metres, got "
                              f"{array.dtype} {array.shape}")
-        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=tuple(range(1, array.ndim))))  # also for 0 rows
         if bad.size:
-            raise ValueError(f"{path}: '{name}' holds NaN or infinite values in {bad.size} samples (first "
+            raise BadInput(f"{path}: '{name}' holds NaN or infinite values in {bad.size} samples (first "
                              f"keys {[str(k) for k in arrays['keys'][bad[:3]]]}): the metrics would be NaN; "
                              f"re-run the evaluation that wrote it")
 
@@ -147,10 +140,16 @@ def main(argv=None):
     parser.add_argument("--out", help="folder for analysis.json and the plots (default: beside the npz)")
     args = parser.parse_args(argv)
     try:
-        predictions = load_predictions(args.predictions)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _report(args)
+    except (FileNotFoundError, BadInput, DiskFullError) as error:
+        return refuse(error)
+
+
+def _report(args):
+    """Analyse, print and write what ``main``'s parsed ``args`` ask for; returns the exit status."""
+    predictions = load_predictions(args.predictions)
+    source = Path(args.predictions)
+    out = output_folder(args.out if args.out else source.parent / f"{source.stem}_analysis", "--out folder")
     accumulator = analyze(predictions, args.dataset)
     summary = accumulator.summary()
     rows = nearest_table(predictions["hypotheses"], predictions["ground_truth"])
@@ -160,9 +159,6 @@ def main(argv=None):
     print()
     print(nearest_lines(rows))
 
-    source = Path(args.predictions)
-    out = Path(args.out) if args.out else source.parent / f"{source.stem}_analysis"
-    out.mkdir(parents=True, exist_ok=True)
     arrays = accumulator.arrays()
     plots = [plot_reliability(out / "reliability.png", summary["reliability"]),
              plot_spread_error(out / "spread_vs_error.png", 1000 * arrays[ReliabilityAccumulator.SPREAD],

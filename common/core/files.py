@@ -12,9 +12,40 @@ import glob
 import os
 from pathlib import Path
 
+from common.core.errors import BadInput
+
 
 class DiskFullError(OSError):
     """The disk filled up while writing a file; the previous file at that path is untouched."""
+
+
+class OutputFolderError(BadInput):
+    """An output folder that is a file, cannot be created or cannot be written."""
+
+
+def output_folder(folder, what, error=OutputFolderError):
+    """Create ``folder`` if needed and return it as a Path; ``error`` unless this process can write into it.
+
+    The one check of every command's output folder, before any work. ``what`` says
+    in the message which argument it is (e.g. "--out folder").
+    """
+    text = str(folder)
+    folder = Path(folder)
+    if not text:
+        raise error(f"{what}: an empty path was given; name a folder")
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise error(f"{what} {folder}: {blocking} is a file, expected a folder: choose another path or move the file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exn:
+        if exn.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(exn.errno, f"the disk is full while creating {what} {folder}; free space or "
+                                f"write elsewhere") from None
+        raise error(f"{what} {folder} cannot be created ({exn.strerror}): choose a path you can write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"{what} {folder} is not writable by this user: choose another folder or fix its permissions")
+    return folder
 
 
 @contextlib.contextmanager

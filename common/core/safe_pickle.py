@@ -70,13 +70,27 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def loads(data):
-    """``pickle.loads`` restricted to plain data and numpy arrays; raises ``RefusedGlobal`` otherwise."""
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
+    """``pickle.loads`` restricted to plain data and numpy arrays.
+
+    Raises:
+        RefusedGlobal: the pickle asks for anything else.
+        pickle.UnpicklingError: for any other damage (truncated, flipped bytes, nesting
+            past the recursion limit, arguments an allowed function rejects): malformed
+            content is always this one error, whatever the unpickler tripped over.
+    """
+    return load(io.BytesIO(data))
 
 
 def load(stream):
-    """``pickle.load`` of an open binary file, restricted like ``loads``."""
-    return _RestrictedUnpickler(stream).load()
+    """``pickle.load`` of an open binary file, restricted and reporting damage like ``loads``."""
+    try:
+        return _RestrictedUnpickler(stream).load()
+    except pickle.UnpicklingError:
+        raise
+    except OSError:
+        raise  # the file, not its content: the caller names it
+    except (Exception, RecursionError) as error:  # noqa: B902 - a damaged pickle can raise nearly anything
+        raise pickle.UnpicklingError(f"damaged pickle ({type(error).__name__}: {error})") from error
 
 
 def torch_safe_globals():

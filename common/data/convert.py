@@ -48,7 +48,9 @@ from tqdm import tqdm
 
 import webdataset as wds
 from common.core import safe_pickle
-from common.core.files import DiskFullError, write_text
+from common.core.errors import BadInput, refuse
+from common.core.files import DiskFullError, output_folder, write_text
+from common.core.reading import read_json, require_file
 from common.core.skeleton import H36M_ACTIONS, H36M_TEST_SUBJECTS, H36M_TRAIN_SUBJECTS, NUM_JOINTS
 from common.data.counts import record_counts
 from common.data.loader import find_shards
@@ -78,7 +80,7 @@ SKIP_REASONS = ("missing_field", "bad_shape", "bad_value", "subject_not_in_split
 TAR_BLOCK = 512
 
 
-class ConversionError(ValueError):
+class ConversionError(BadInput):
     """Bad input or output for the converter; the message names the file or frame and what to do."""
 
 
@@ -110,7 +112,8 @@ def check_label(label):
         value = label[name]
         if isinstance(value, np.ndarray) and value.size == 1:
             value = value.item()
-        if not isinstance(value, numbers.Real) or not float(value).is_integer() or not low <= value <= high:
+        # The range first: float() of a huge integer overflows.
+        if not isinstance(value, numbers.Real) or not low <= value <= high or not float(value).is_integer():
             return "bad_value", f"{name} = {value!r}, expected an integer in {low}-{high}"
     shapes = {**ARRAY_FIELDS, **{k: v for k, v in OPTIONAL_ARRAY_FIELDS.items() if k in label}}
     for name, shape in shapes.items():
@@ -154,17 +157,16 @@ def check_frame(data):
 
 
 def _load_labels(path):
+    path = require_file(path, "label file", ConversionError,
+                        "it is Context-Aware PoseFormer's h36m_train.pkl or h36m_validation.pkl")
     try:
         with open(path, "rb") as handle:
             labels = safe_pickle.load(handle)
-    except FileNotFoundError:
-        raise ConversionError(f"label file {path} does not exist; it is Context-Aware PoseFormer's "
-                              "h36m_train.pkl or h36m_validation.pkl") from None
     except safe_pickle.RefusedGlobal as exn:
         raise ConversionError(f"label file {path} asks for {exn.name}, which labels never need and which "
                               "could run code: refused (only lists, dicts, numbers, strings and numpy arrays "
                               "are read)") from exn
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exn:
+    except (pickle.UnpicklingError, OSError) as exn:
         raise ConversionError(f"label file {path} does not unpickle ({type(exn).__name__}: {exn}); "
                               "expected CA-PF's pickled list of per-frame dicts") from exn
     if not isinstance(labels, (list, tuple)):
@@ -306,9 +308,9 @@ def _resume_state(out, fingerprint, num_shards):
     existing = sorted(name for name in os.listdir(out) if name.startswith("data-") and name.endswith(".tar"))
     report = None
     if os.path.exists(report_path):
-        with open(report_path) as handle:
-            report = json.load(handle)
-    if report is None or report.get("fingerprint") != fingerprint:
+        report = read_json(report_path, "conversion report", ConversionError,
+                           "remove it (the shards beside it are then rewritten) or choose another --out")
+    if not isinstance(report, dict) or report.get("fingerprint") != fingerprint:
         if existing:
             raise ConversionError(
                 f"{out} already holds {len(existing)} shards from a different conversion (other labels, split, "
@@ -350,7 +352,7 @@ def _checked_split(labels_path, images, split, shard_size, shard_bytes):
         raise ConversionError(f"frame folder {images} does not exist; it is H36M-Toolbox's images/ folder "
                               "holding s_XX_act_YY_subact_ZZ_ca_WW/ subfolders")
     if shard_size < 1 or (shard_bytes is not None and shard_bytes < 1):
-        raise ConversionError(f"shard_size and shard_bytes must be positive, got {shard_size} and {shard_bytes}")
+        raise ConversionError(f"--shard-size and --shard-bytes must be positive, got {shard_size} and {shard_bytes}")
     return split
 
 
@@ -383,7 +385,7 @@ def convert_h36m(labels, images, out, split=None, subjects=None, shuffle=None, s
     split = _checked_split(labels_path, images, split, shard_size, shard_bytes)
     subjects = tuple(sorted(int(s) for s in (SPLIT_SUBJECTS[split] if subjects is None else subjects)))
     shuffle = split == "train" if shuffle is None else bool(shuffle)
-    os.makedirs(out, exist_ok=True)
+    output_folder(out, "--out folder", ConversionError)
 
     label_list = _load_labels(labels_path)
     shards, skipped = plan_shards(label_list, images, split, subjects, shuffle, seed, shard_size,
@@ -514,6 +516,14 @@ def _format_counts(per_subject_action):
     return "\n".join(lines)
 
 
+def subject_number(text):
+    """A subject as the command line gives it, ``S9``, ``s9`` or ``9`` -> 9."""
+    digits = text[1:] if text[:1] in ("S", "s") else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a subject: give S1, S5, ... or 1, 5, ...")
+    return int(digits)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m common.convert", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -528,7 +538,8 @@ def main(argv=None):
     h36m.add_argument("--images", required=True, help="H36M-Toolbox images/ folder")
     h36m.add_argument("--out", required=True, help="output folder, e.g. webdataset/Human36m/train")
     h36m.add_argument("--split", choices=SPLITS, help="default: from the label file name")
-    h36m.add_argument("--subjects", type=int, nargs="+", help="default: the split's subjects")
+    h36m.add_argument("--subjects", type=subject_number, nargs="+", metavar="SUBJECT",
+                      help="subjects to keep, as S9 or 9 (default: the split's subjects)")
     h36m.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
                       help="shuffle across shards (default: train only)")
     h36m.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default: %(default)s)")
@@ -545,9 +556,8 @@ def main(argv=None):
     if args.validate:
         try:
             results = validate_dataset(args.validate)
-        except FileNotFoundError as exn:
-            print(f"error: {exn}", file=sys.stderr)
-            return 2
+        except (FileNotFoundError, BadInput) as exn:
+            return refuse(exn)
         for folder, result in results.items():
             print(f"{folder}: {result['samples']} samples in {result['shards']} shards, "
                   f"{len(result['failures'])} failures")
@@ -561,9 +571,8 @@ def main(argv=None):
         report = convert_h36m(args.labels, args.images, args.out, split=args.split, subjects=args.subjects,
                               shuffle=args.shuffle, seed=args.seed, shard_size=args.shard_size,
                               shard_bytes=args.shard_bytes, workers=args.workers, strict=args.strict)
-    except (ConversionError, DiskFullError) as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    except (BadInput, DiskFullError) as exn:
+        return refuse(exn)
     except KeyboardInterrupt:
         print(f"interrupted: the finished shards in {args.out} are kept (no shard is left in part); run the same "
               f"command again to resume", file=sys.stderr)

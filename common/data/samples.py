@@ -29,6 +29,7 @@ import torch
 
 import webdataset as wds
 from common.core import safe_pickle
+from common.core.errors import BadInput, one_line
 from common.core.files import atomic_write
 from common.core.geometry import CROP_HEIGHT, CROP_WIDTH, PIXEL_STD, crop_image
 from common.core.skeleton import (
@@ -70,7 +71,7 @@ MAX_BOX_FRAMES = 10
 TENSOR_FIELDS = ("image", "crop", "keypoints_3d", "keypoints_2d", "keypoints_2d_crop", "ref")
 
 
-class ShardDataError(ValueError):
+class ShardDataError(BadInput):
     """A shard or sample that cannot be read; ``shard`` and ``key`` say where."""
 
     def __init__(self, message, shard=None, key=None, problem=None):
@@ -81,6 +82,7 @@ class ShardDataError(ValueError):
 def bad_sample(shard, key, problem):
     """The ``ShardDataError`` for ``problem`` in ``shard`` (and sample ``key``, None for the tar itself)."""
     where = f"shard {shard}" if key is None else f"shard {shard}, sample {key!r}"
+    problem = one_line(problem)  # numpy's messages may quote arrays over several lines
     return ShardDataError(
         f"{where}: {problem}. Re-create or re-download that shard, or pass --skip-bad "
         "(skip_bad=True in Python) to skip bad samples and report them at the end.",

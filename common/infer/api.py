@@ -1,7 +1,7 @@
 """The Python API of inference: load a trained model, lift one person of one image.
 
     from common.infer import lift, load_model
-    model = load_model("checkpoint/best_h36m.bin", backbone_weights="checkpoint/pose_hrnet_w32_256x192.pth")
+    model = load_model("checkpoint/human36m/best_h36m.bin", backbone_weights="checkpoint/pose_hrnet_w32_256x192.pth")
     result = lift("photo.jpg", bbox=(120, 40, 200, 420), model=model)
     result.mean, result.spread_mm  # (17, 3) metres, (17,) millimetres
 

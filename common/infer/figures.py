@@ -1,12 +1,14 @@
-"""Pictures of lifted people: the image with its 2D skeleton beside the 3D hypotheses, and GIF animations.
+"""Pictures of lifted people: the image with its 2D skeleton beside the 3D hypotheses, and animations (GIF, mp4).
 
 Drawn with matplotlib's object API on an Agg canvas (no display needed), with
 the skeleton plotter of ``common.analysis.figures`` (same side colours and
 viewpoints as the evaluation's figures). The 3D panels show every hypothesis as
 a thin grey skeleton and their mean as a thick one whose joints are coloured by
 the hypotheses' spread at that joint (millimetres, colour bar): the model's own
-measure of where it is unsure.
+measure of where it is unsure. Animations follow one track (``common.infer.motion``);
+the mp4 is written through PyAV (``common.core.video``) where it is installed.
 """
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ from PIL import Image
 from common.analysis.figures import VIEWPOINTS, draw_pose_2d, draw_pose_3d, frame_pose_axes, upright
 from common.core.files import atomic_write
 from common.core.geometry import PIXEL_STD
+from common.core.video import write_mp4
+
+log = logging.getLogger(__name__)
 
 SPREAD_COLORMAP = "plasma"
 
@@ -41,8 +46,11 @@ def render_lift(image, result, title=None, dpi=100):
         scatter = ax.scatter(*upright(result.mean), c=spread, cmap=SPREAD_COLORMAP, vmin=0,
                              vmax=max(float(spread.max()), 1.0), s=28, depthshade=False, zorder=5)
         frame_pose_axes(ax, viewpoint, limit, zoom=1.2)
-        ax.set_title(f"3D {viewpoint[0]}: mean (colours), {len(result.hypotheses)} hypotheses (grey)", fontsize=10)
-    figure.subplots_adjust(left=0.01, right=0.9, bottom=0.03, top=0.88, wspace=0.02)
+        ax.set_title(f"3D, {viewpoint[0]}", fontsize=10)
+    # One caption for both 3D panels: a title per panel that says it all is wider than the panel.
+    figure.text(0.62, 0.9, f"mean (joints coloured by spread) and {len(result.hypotheses)} hypotheses (grey)",
+                ha="center", fontsize=9)
+    figure.subplots_adjust(left=0.01, right=0.9, bottom=0.03, top=0.86, wspace=0.02)
     bar = figure.colorbar(scatter, cax=figure.add_axes([0.915, 0.18, 0.012, 0.6]))
     bar.set_label("spread of the hypotheses (mm)")
     if title:
@@ -99,22 +107,27 @@ class FigureWriter:
 
     Args:
         out: output folder; PNGs go to ``out/figures``, the GIF to ``out/<stem>.gif``.
-        visualize: write one PNG per person. animate: one GIF frame per image (its first person).
+        visualize: write one PNG per person. animate: one frame per image, of the followed
+            track's person, into ``out/<stem>.gif`` and (with PyAV) ``out/<stem>.mp4``.
     """
 
     def __init__(self, out, stem, visualize, animate):
         self.out, self.stem, self.visualize, self.animate = Path(out), stem, visualize, animate
         self.written, self.frames = [], []
 
-    def add(self, image, result, first):
+    def add(self, image, result, follow):
         if self.visualize:
             name = result.key.replace("#", "_person")
             self.written.append(draw_lift(self.out / "figures" / f"{name}.png", image, result, result.key))
-        if self.animate and first:
+        if self.animate and follow:
             self.frames.append(figure_array(render_lift(image, result, result.key, dpi=60)))
 
     def finish(self):
         """Write the animation (if any); returns the files written."""
         if self.animate and self.frames:
             self.written.append(write_gif(self.out / f"{self.stem}.gif", self.frames))
+            try:
+                self.written.append(write_mp4(self.out / f"{self.stem}.mp4", self.frames, fps=10))
+            except ImportError as error:
+                log.warning("no mp4 beside the GIF: %s", error)
         return self.written

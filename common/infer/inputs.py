@@ -24,16 +24,23 @@ Annotation files (one person per entry, several per image allowed):
   ``boxes`` (N, 4) x, y, w, h, and ``format`` ("coco" or "h36m").
 Keypoints are image pixels; a third value of 0 (COCO's visibility 0, a score of
 0) marks a joint that is missing.
+
+Any person entry may carry a ``track_id`` (PoseTrack's and MMPose's name; the npz
+column ``tracks``): an integer >= 0 that names the same person in every frame. Given
+ids are kept; persons without one are tracked (``common.infer.tracking``).
 """
-import json
 import logging
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+from common.core.errors import BadInput, one_line
+from common.core.reading import read_json, read_npz, require_file
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +50,13 @@ SEQUENCE_SUFFIXES = (".gif",) + VIDEO_SUFFIXES
 KEYPOINT_FORMATS = ("coco", "h36m")
 MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
 MIN_IMAGE_SIDE = 16  # smaller images cannot show a person: refused
+# What Pillow raises for a damaged or foreign file (a broken PNG chunk is a SyntaxError, a short one an
+# EOFError, a GIF frame past its damaged end an IndexError or struct.error).
+PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+              Image.DecompressionBombError)
 
 
-class InputError(ValueError):
+class InputError(BadInput):
     """A user's input (image, video, box or keypoint file) that cannot be used; the message says why."""
 
 
@@ -55,11 +66,13 @@ class PersonSpec:
 
     bbox: (x, y, w, h), or a dict with ``center`` and ``scale``, or None.
     keypoints: (17, 2 or 3) array in ``format`` order, or None (find them with the backbone).
+    track: the identity the file gives (an int >= 0), or None (found by tracking).
     """
 
     bbox: object = None
     keypoints: object = None
     format: str = "coco"
+    track: object = None
 
 
 def read_image(path):
@@ -68,16 +81,16 @@ def read_image(path):
     Raises InputError if it is missing, does not decode, or has more than
     MAX_IMAGE_PIXELS pixels (refused from its header, before decoding).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image {path} not found")
+    path = require_file(path, "image", InputError)
     try:
         with Image.open(path) as image:
             _refuse_size(image, path)
             return to_rgb(ImageOps.exif_transpose(image))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read image {path} ({type(error).__name__}: {error}); expected a whole file "
-                         f"Pillow decodes ({', '.join(IMAGE_SUFFIXES)}): re-export it") from error
+    except PIL_ERRORS as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"cannot read image {path} ({type(error).__name__}: {one_line(error)}); expected a whole "
+                         f"file Pillow decodes ({', '.join(IMAGE_SUFFIXES)}): re-export it") from error
 
 
 def to_rgb(image):
@@ -154,18 +167,24 @@ def _require_av(path):
 
 def count_frames(path):
     """Number of frames of a video, or None where the container does not say."""
-    path = Path(path)
+    path = require_file(path, "video", InputError)
     if path.suffix.lower() == ".gif":
-        with Image.open(path) as image:
-            return getattr(image, "n_frames", 1)
+        try:
+            with Image.open(path) as image:
+                return getattr(image, "n_frames", 1)
+        except PIL_ERRORS:
+            return None  # video_frames says what is wrong with it
     av = _require_av(path)
-    with av.open(str(path)) as container:
-        return container.streams.video[0].frames or None
+    try:
+        with av.open(str(path)) as container:
+            return container.streams.video[0].frames or None
+    except (av.FFmpegError, IndexError):
+        return None
 
 
 def video_frames(path, every=1, max_frames=None):
     """Yield (frame number, (H, W, 3) uint8 RGB) of a video, every ``every``-th frame, at most ``max_frames``."""
-    path = Path(path)
+    path = require_file(path, "video", InputError)
     if every < 1:
         raise InputError(f"every must be at least 1 (lift every N-th frame), got {every}")
 
@@ -175,16 +194,18 @@ def video_frames(path, every=1, max_frames=None):
                 with Image.open(path) as image:
                     for frame in ImageSequence.Iterator(image):
                         yield np.asarray(frame.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as error:
-                raise InputError(f"cannot read the GIF {path} ({error})") from error
+            except PIL_ERRORS as error:
+                raise InputError(f"cannot read the GIF {path} ({type(error).__name__}: {one_line(error)}); "
+                                 f"re-export it") from error
             return
         av = _require_av(path)
         try:
             with av.open(str(path)) as container:
                 for frame in container.decode(video=0):
                     yield frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as error:
-            raise InputError(f"cannot decode the video {path} ({error})") from error
+        except (av.FFmpegError, IndexError) as error:  # IndexError: a container without a video stream
+            raise InputError(f"cannot decode the video {path} ({type(error).__name__}: {one_line(error)}); "
+                             f"re-encode it or extract its frames into a folder") from error
 
     yielded = 0
     for number, frame in enumerate(decoded()):
@@ -236,7 +257,18 @@ def _person(entry, where, default_format):
     bbox = entry.get("bbox")
     if bbox is not None and not isinstance(bbox, dict):
         bbox = _numbers(bbox, where, "bbox").reshape(-1).tolist()
-    return PersonSpec(bbox=bbox, keypoints=keypoints, format=fmt)
+    return PersonSpec(bbox=bbox, keypoints=keypoints, format=fmt, track=_track_id(entry.get("track_id"), where))
+
+
+def _track_id(value, where):
+    """A given track id as an int >= 0, or None; InputError for anything else (a name, a fraction, a negative number)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer() or value < 0:
+        raise InputError(f"{where}: track_id must be an integer >= 0 naming the person across frames, got {value!r}; "
+                         f"fix it or leave track_id out to let tracking find the identities")
+    return int(value)
 
 
 def _mmpose_person(instance, where):
@@ -245,7 +277,7 @@ def _mmpose_person(instance, where):
         x1, y1, x2, y2 = _numbers(bbox, where, "bbox").reshape(-1)[:4]
         bbox = [x1, y1, x2 - x1, y2 - y1]
     return _person({"keypoints": instance.get("keypoints"), "keypoint_scores": instance.get("keypoint_scores"),
-                    "bbox": bbox}, where, "coco")
+                    "bbox": bbox, "track_id": instance.get("track_id")}, where, "coco")
 
 
 def _number_in_name(name):
@@ -264,18 +296,14 @@ def read_annotations(path, default_format="coco"):
     Raises:
         InputError: a missing or malformed file, naming what was expected.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"annotation file {path} not found")
+    path = require_file(path, "annotation file", InputError)
     if default_format not in KEYPOINT_FORMATS:
         raise ValueError(f"keypoint format must be one of {KEYPOINT_FORMATS}, got {default_format!r}")
     if path.suffix.lower() == ".npz":
         people, match = _read_npz(path, default_format)
     else:
-        try:
-            data = json.loads(path.read_text(), object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"annotation file {path} is not valid JSON ({error})") from error
+        data = read_json(path, "annotation file", InputError, "expected one of the formats of docs/inference.md",
+                         object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
         try:
             people, match = _parse_annotations(data, path, default_format)
         except InputError:
@@ -353,12 +381,8 @@ def _parse_annotations(data, path, default_format):
 
 
 def _read_npz(path, default_format):
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read {path} as npz ({error}); keypoint npz files must hold plain numeric "
-                         f"or string arrays (np.savez without object arrays), which load without pickle") from error
+    arrays = read_npz(path, "keypoint file", InputError, "keypoint npz files must hold plain numeric or string "
+                      "arrays (np.savez without object arrays), which load without pickle")
     if "keypoints" not in arrays:
         raise InputError(f"{path} has no 'keypoints' array (found {sorted(arrays)})")
     keypoints = arrays["keypoints"]
@@ -367,7 +391,7 @@ def _read_npz(path, default_format):
     if not np.isfinite(keypoints).all():
         bad = np.flatnonzero(~np.isfinite(keypoints).all(axis=(1, 2)))
         raise InputError(f"{path}: 'keypoints' rows {bad[:10].tolist()} hold NaN or infinite values; fix or drop them")
-    for name in ("names", "frames"):
+    for name in ("names", "frames", "tracks"):
         if name in arrays and arrays[name].shape != (len(keypoints),):
             raise InputError(f"{path}: '{name}' must be ({len(keypoints)},), one per keypoint row, "
                              f"got {arrays[name].shape}")
@@ -381,10 +405,13 @@ def _read_npz(path, default_format):
         names, match = [str(n) for n in arrays["names"]], "name"
     else:
         names, match = [int(n) for n in arrays.get("frames", np.arange(len(keypoints)))], "frame"
+    tracks = arrays.get("tracks")
     people = {}
     for i, name in enumerate(names):
         bbox = None if boxes is None else boxes[i].astype(np.float64).tolist()
-        people.setdefault(name, []).append(PersonSpec(bbox=bbox, keypoints=keypoints[i].astype(np.float64), format=fmt))
+        track = None if tracks is None else _track_id(tracks[i].item(), f"{path}, 'tracks' row {i}")
+        people.setdefault(name, []).append(PersonSpec(bbox=bbox, keypoints=keypoints[i].astype(np.float64), format=fmt,
+                                                      track=track))
     return people, match
 
 

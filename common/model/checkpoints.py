@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from common.core import safe_pickle
+from common.core.errors import BadInput
 from common.core.files import atomic_write, remove_orphaned_temporaries
 from common.model.denoiser import CONTEXT_PREFIXES
 
@@ -37,7 +38,7 @@ SNAPPOSE_RESERVED_KEYS = ("epoch", "lr", "optimizer", "model_pos")
 _MAX_LISTED = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A weight file that is not what the loader expects (format, names or shapes)."""
 
 
@@ -141,10 +142,15 @@ def nonfinite_tensors(state):
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
 
 
-def strip_wrapper_prefixes(state_dict):
-    """Remove leading ``module.`` / ``_orig_mod.`` (DataParallel, DDP, torch.compile) from every name."""
+def strip_wrapper_prefixes(state_dict, path="the weight file"):
+    """Remove leading ``module.`` / ``_orig_mod.`` (DataParallel, DDP, torch.compile) from every name.
+
+    CheckpointError naming ``path`` if a name is not a string (a state dict it is not).
+    """
     stripped = {}
     for name, tensor in state_dict.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{path}: a tensor is named {name!r}, not a string: not a state dict")
         while name.startswith(WRAPPER_PREFIXES):
             name = name.split(".", 1)[1]
         stripped[name] = tensor
@@ -203,14 +209,14 @@ def load_backbone_weights(backbone, path, trust=False):
     """
     obj = read_checkpoint(path, trust)
     if isinstance(obj.get("model"), dict):  # a CA-PF file carries its HRNet under backbone.
-        inner = strip_wrapper_prefixes(obj["model"])
+        inner = strip_wrapper_prefixes(obj["model"], path)
         state = {name[len("backbone."):]: t for name, t in inner.items() if name.startswith("backbone.")}
         if not state:
             raise CheckpointError(f"{path} has a 'model' dict without backbone.* tensors: not a PoseHRNet or CA-PF file")
     elif isinstance(obj.get("state_dict"), dict):
-        state = strip_wrapper_prefixes(obj["state_dict"])
+        state = strip_wrapper_prefixes(obj["state_dict"], path)
     else:
-        state = strip_wrapper_prefixes(obj)
+        state = strip_wrapper_prefixes(obj, path)
     backbone = unwrap_model(backbone)
     if getattr(backbone, "final_layer", None) is None:
         state = {name: t for name, t in state.items() if not name.startswith("final_layer.")}
@@ -241,7 +247,7 @@ def load_context_weights(denoiser, path, trust=False):
         raise CheckpointError(
             f"{path} is not a Context-Aware PoseFormer file (*_nips_retrain.bin): it has no 'model' "
             f"state dict; found keys {_listing(obj.keys())}")
-    inner = strip_wrapper_prefixes(obj["model"])
+    inner = strip_wrapper_prefixes(obj["model"], path)
     lifter = next((p for p in CONTEXT_LIFTER_PREFIXES if any(n.startswith(p) for n in inner)), None)
     if lifter is None:
         raise CheckpointError(
@@ -280,7 +286,7 @@ def load_snappose_weights(denoiser, path, trust=False):
         raise CheckpointError(f"{path} has no 'model_pos' state dict; found keys {_listing(obj.keys())}")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: 'model_pos' is a {type(state).__name__}, expected a state dict")
-    state = strip_wrapper_prefixes(state)
+    state = strip_wrapper_prefixes(state, path)
     denoiser = unwrap_model(denoiser)
     _check_tensors(denoiser.state_dict(), state, path, "SnapPose denoiser",
                    "Check that the model config (backbone width, res/joint depth) matches the file.")

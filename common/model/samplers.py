@@ -56,7 +56,9 @@ class SamplingConfig:
     """How hypotheses are drawn: built once (``Config.sampling()``) and passed whole.
 
     sampler: one of ``SAMPLERS`` ("ddim" is the paper's). steps: K denoiser calls.
-    hypotheses: H per sample. precision: "fp32", "bf16" or "fp16" autocast.
+    hypotheses: H per sample. precision: "fp32", "bf16" or "fp16" autocast, or
+    "auto", which the caller turns into one of them for its device
+    (``common.model.acceleration.resolve_precision``) before sampling.
     compile: the denoising step through ``torch.compile``. flip: also sample the
     mirrored view and average per hypothesis. seed: with each sample's key, seeds
     its initial noise. num_train_timesteps: the training schedule's length.

@@ -24,25 +24,23 @@ from pathlib import Path
 
 import yaml
 
+from common.core import layout
 from common.core.errors import ConfigError
+from common.core.reading import read_yaml
 from common.core.skeleton import DATASETS
-from common.model.acceleration import PRECISIONS
+from common.model.acceleration import PRECISION_OPTIONS
 from common.model.checkpoints import read_checkpoint
 from common.model.networks import ModelConfig, build_networks
 from common.model.samplers import SAMPLERS, SamplingConfig
 from common.pipeline import original_config
 
-# Searched in this order when weights.backbone is null: this project's place, then
-# the one of the original README and code (checkpoint/posehrnet/).
-DEFAULT_BACKBONE_WEIGHTS = ("checkpoint/pose_hrnet_w32_256x192.pth",
-                            "checkpoint/posehrnet/pose_hrnet_w32_256x192.pth")
-DEFAULT_CONTEXT_WEIGHTS = {
-    "h36m": "checkpoint/human36m_nips_retrain.bin",
-    "mpi": "checkpoint/mpi-inf_nips_retrain.bin",
-}
+# The released layout (common.core.layout). Searched in this order when weights.backbone is
+# null: this project's place, then the one of the original README and code (checkpoint/posehrnet/).
+DEFAULT_BACKBONE_WEIGHTS = (layout.BACKBONE_WEIGHTS, layout.ORIGINAL_BACKBONE_WEIGHTS)
+DEFAULT_CONTEXT_WEIGHTS = layout.CONTEXT_WEIGHTS
 # Used where a config leaves data.root / checkpoint null, so that one file serves both entry scripts.
-DEFAULT_DATA_ROOTS = {"h36m": "webdataset/Human36m", "mpi": "webdataset/mpi_inf_3dhp"}
-DEFAULT_CHECKPOINT_DIRS = {"h36m": "checkpoint/human36m", "mpi": "checkpoint/mpi-inf-3dhpe"}
+DEFAULT_DATA_ROOTS = layout.DATA_ROOTS
+DEFAULT_CHECKPOINT_DIRS = layout.CHECKPOINT_DIRS
 
 
 @dataclass
@@ -169,7 +167,8 @@ class EvalConfig:
     sampler: "ddim" (the paper's), "ddim-trailing", "dpm++" or "unipc"
         (``common.model.samplers``); the others reach DDIM's K = 20 quality in fewer steps.
     precision: "fp32" (the paper's), "bf16" or "fp16": autocast of backbone and
-        denoiser (``common.model.acceleration``).
+        denoiser (``common.model.acceleration``); "auto": bf16 where the device
+        computes it natively, else fp32 (``acceleration.resolve_precision``).
     compile: run the denoising step through ``torch.compile``.
     save_predictions: npz path for keys, all hypotheses and ground truth (None: off).
     visualize: number of samples drawn as PNG figures (0: off).
@@ -316,16 +315,8 @@ def load_config(path=None, overrides=None, dataset=None):
     """
     values = {}
     if path is not None:
-        path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"config file {path} is a folder; pass a YAML file to --config (examples are in config/)")
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config "
-                              f"(examples are in config/)")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        values = read_yaml(path, "config file", ConfigError,
+                           "pass an existing YAML file to --config (examples are in config/)") or {}
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level, "
                               f"got {type(values).__name__}")
@@ -434,7 +425,8 @@ def validate(cfg):
     need(1 <= e.timesteps <= t.num_train_timesteps, "evaluation.timesteps", e.timesteps,
          f"an integer in [1, num_train_timesteps={t.num_train_timesteps}]")
     need(e.sampler in SAMPLERS, "evaluation.sampler", e.sampler, f"one of {', '.join(SAMPLERS)}")
-    need(e.precision in PRECISIONS, "evaluation.precision", e.precision, f"one of {', '.join(PRECISIONS)}")
+    need(e.precision in PRECISION_OPTIONS, "evaluation.precision", e.precision,
+         f"one of {', '.join(PRECISION_OPTIONS)}")
     need(e.visualize >= 0, "evaluation.visualize", e.visualize, "an integer >= 0")
 
 

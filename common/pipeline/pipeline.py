@@ -4,7 +4,7 @@ The one object that applies the model. Evaluation, validation during training,
 inference on people's images, the demo and the benchmarks all call it, and none
 of them re-implements its steps::
 
-    pipeline = SnapPosePipeline.from_pretrained("checkpoint/best_h36m.bin")
+    pipeline = SnapPosePipeline.from_pretrained("checkpoint/human36m/best_h36m.bin")
     hypotheses = pipeline(batch)  # (B, H, 17, 3) metres, root-relative
 
 The stages are methods, so a benchmark can time each one:
@@ -22,7 +22,7 @@ compilation of the denoising step and the device are prepared once, in
 """
 import torch
 
-from common.model.acceleration import autocast, compile_denoiser, prepare_backbone, run_backbone
+from common.model.acceleration import autocast, compile_denoiser, prepare_backbone, resolve_precision, run_backbone
 from common.model.checkpoints import load_snappose_weights
 from common.model.samplers import SamplingConfig, sample
 from common.pipeline.config import resolve_config
@@ -119,6 +119,8 @@ class SnapPosePipeline:
         ``sampling.precision`` must be "fp32" and ``sampling.compile`` off.
         ``threads``: onnxruntime's intra-op threads (None: its default, one per core).
         """
+        if sampling.precision == "auto":  # the graphs are float32 on every CPU
+            sampling = sampling.replace(precision="fp32")
         if sampling.precision != "fp32" or sampling.compile:
             raise ValueError(f"ONNX graphs run in fp32 without torch.compile; got precision "
                              f"{sampling.precision!r}, compile {sampling.compile}")
@@ -131,9 +133,12 @@ class SnapPosePipeline:
         The backbone takes the memory format of the precision; the denoising step
         is compiled if ``sampling.compile``. What the previous settings already
         prepared is kept (a compiled step is not compiled again for other steps or
-        another sampler). Returns self.
+        another sampler). Precision "auto" becomes the one it picks for the device
+        (``acceleration.resolve_precision``), which ``self.sampling`` then holds. Returns self.
         """
         before = self.sampling
+        if sampling.precision == "auto":
+            sampling = sampling.replace(precision=resolve_precision("auto", self.device))
         if before is None or sampling.precision != before.precision:
             prepare_backbone(self.backbone, sampling.precision)
         if before is None or sampling.compile != before.compile:

@@ -13,8 +13,10 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.core.errors import ConfigError
-from common.model.acceleration import PRECISIONS
+from common.core.errors import BadInput, one_line, refuse
+from common.core.files import DiskFullError
+from common.core.layout import find_released
+from common.model.acceleration import PRECISION_OPTIONS
 from common.model.samplers import SAMPLERS
 from common.pipeline.config import load_config, output_paths
 from common.run import distributed
@@ -105,9 +107,10 @@ def build_parser(dataset):
     new.add_argument("--val-proposals", type=int, metavar="H", help="hypotheses during validation")
     new.add_argument("--sampler", choices=SAMPLERS,
                      help="sampler at evaluation (default: ddim, the paper's; dpm++ or unipc at -timesteps 5 "
-                          "match it in a quarter of the steps, see README 'Faster evaluation')")
-    new.add_argument("--precision", choices=PRECISIONS,
-                     help="autocast precision of backbone and denoiser at evaluation (default: fp32)")
+                          "match it in a quarter of the steps, see docs/evaluation.md, 'Faster evaluation')")
+    new.add_argument("--precision", choices=PRECISION_OPTIONS,
+                     help="autocast precision of backbone and denoiser at evaluation (default: fp32, the paper's; "
+                          "auto: bf16 where the device computes it natively, else fp32)")
     new.add_argument("--compile", action="store_true", default=None,
                      help="compile the denoising step with torch.compile at evaluation")
     new.add_argument("--val-sampler", choices=SAMPLERS, help="sampler during validation (default: ddim)")
@@ -149,11 +152,15 @@ def overrides_from_args(args):
 
 
 def resolve_checkpoint_file(name, checkpoint_dir, flag):
-    """A file given to --evaluate / --resume: an existing path, else a name inside ``checkpoint_dir``."""
+    """A file given to --evaluate / --resume: an existing path, else a name inside ``checkpoint_dir``.
+
+    A released file missing from a released folder is also looked for where older
+    instructions put it (``common.core.layout.find_released``), with a note.
+    """
     path = Path(name)
     if path.is_file():
         return path
-    inside = Path(checkpoint_dir) / name
+    inside = find_released(Path(checkpoint_dir) / name)
     if inside.is_file():
         return inside
     folder = next((p for p in (path, inside) if p.is_dir()), None)
@@ -200,8 +207,8 @@ def main(dataset, argv=None):
         cfg = load_config(args.config, overrides_from_args(args), dataset=dataset)
         evaluate_file = resolve_checkpoint_file(args.evaluate, cfg.checkpoint, "--evaluate") if args.evaluate else None
         resume_file = resolve_checkpoint_file(args.resume, cfg.checkpoint, "--resume") if args.resume else None
-    except (ConfigError, FileNotFoundError) as error:
-        parser.error(str(error))
+    except (BadInput, FileNotFoundError) as error:
+        parser.error(one_line(error))
     if evaluate_file is not None and args.checkpoint is None:
         # Metrics, figures and predictions belong beside the checkpoint they describe, not in
         # a folder that the config's (often relative) checkpoint path makes in the current directory.
@@ -216,8 +223,6 @@ def main(dataset, argv=None):
                             f"--save-predictions (or the config) names, and not also to {saved}")
 
     # Imported here so that --help and configuration errors answer without loading the model code.
-    from common.data.samples import ShardDataError
-    from common.model.checkpoints import CheckpointError
     from common.run.evaluation import evaluate
     from common.run.training import TrainingDivergedError, train
 
@@ -238,12 +243,21 @@ def main(dataset, argv=None):
     except KeyboardInterrupt:
         log.warning("interrupted; resume with -r latest_epoch.bin -c %s", cfg.checkpoint)
         return 130
-    except (CheckpointError, FileNotFoundError, ConfigError, ShardDataError, RunLockError) as error:
-        log.error("%s", error)
-        return 2
+    except (BadInput, FileNotFoundError, RunLockError, DiskFullError) as error:
+        return refuse(error, log)
     except TrainingDivergedError as error:
         log.error("%s", error)
         return 1
     finally:
         distributed.cleanup_distributed()
     return 0
+
+
+def h36m(argv=None):
+    """``snappose-train-h36m``: the command line of ``main_diffusers_h36m.py``."""
+    return main("h36m", argv)
+
+
+def mpi(argv=None):
+    """``snappose-train-mpi``: the command line of ``main_diffusers_mpi.py``."""
+    return main("mpi", argv)

@@ -7,7 +7,9 @@ noise with K DDIM steps; the mirrored view's hypotheses are un-flipped
 hypothesis; the root joint is set to 0; ``common.analysis.metrics.MetricAccumulator``
 scores them. The sampler, the autocast precision and torch.compile are
 options (``evaluation.sampler``, ``.precision``, ``.compile``; defaults: the
-paper's DDIM in fp32, eager), recorded in ``metrics.json``. The initial noise of a sample is seeded by its key, so the
+paper's DDIM in fp32, eager), recorded in ``metrics.json`` (``sampling.precision``: the
+one that ran, after "auto" is resolved for the device; ``precision_requested``: as
+configured). The initial noise of a sample is seeded by its key, so the
 predictions do not depend on the batch size or on the number of processes.
 """
 import dataclasses
@@ -163,7 +165,7 @@ def evaluate(cfg, weights, device=None, trust_checkpoint=False):
     skipped = sum(distributed.all_gather_objects(len(loader.skipped)))
     summary.update(checkpoint=str(weights), epoch=checkpoint.get("epoch"), dataset=cfg.dataset,
                    split=split, num_shards=len(urls), sampling=dataclasses.asdict(sampling),
-                   skipped_samples=skipped, training_context=describe_checkpoint(checkpoint))
+                   precision_requested=e.precision, skipped_samples=skipped, training_context=describe_checkpoint(checkpoint))
     if distributed.is_main_process():
         print(accumulator.table(), flush=True)
         named = metrics_file(paths.metrics, weights, split, cfg.dataset)

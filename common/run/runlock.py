@@ -21,6 +21,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.core.files import output_folder
+
 log = logging.getLogger(__name__)
 
 
@@ -33,18 +35,7 @@ def check_output_dir(folder, what):
 
     ``what`` says in the message what the folder is for (e.g. "-c (checkpoint folder)").
     """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunLockError(f"{what} {folder} is a file, expected a folder: choose another path or move the file")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunLockError(f"{what} {folder} cannot be created ({error.strerror}): choose a path you can write to"
-                           ) from error
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise RunLockError(f"{what} {folder} is not writable by this user: choose another folder or fix its "
-                           "permissions")
-    return folder
+    return output_folder(folder, what, RunLockError)
 
 
 def _holder(path):

@@ -39,7 +39,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from common.core.files import write_text
+from common.core.errors import BadInput, refuse
+from common.core.files import DiskFullError, atomic_write, output_folder, write_text
 from common.core.geometry import (
     CROP_HEIGHT,
     CROP_WIDTH,
@@ -98,11 +99,18 @@ class NoiseOptions:
 
     def __post_init__(self):
         for name in ("sigma", "outlier_sigma"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"NoiseOptions.{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < float("inf"):  # NaN fails too
+                raise BadInput(f"NoiseOptions.{name} ({NOISE_FLAGS[name]}) must be finite and >= 0, "
+                               f"got {getattr(self, name)}")
         for name in ("outlier_rate", "swap_rate"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"NoiseOptions.{name} is a probability in [0, 1], got {getattr(self, name)}")
+                raise BadInput(f"NoiseOptions.{name} ({NOISE_FLAGS[name]}) is a probability in [0, 1], "
+                               f"got {getattr(self, name)}")
+
+
+# The command-line option of each NoiseOptions field, for messages.
+NOISE_FLAGS = {"sigma": "--noise-px", "outlier_rate": "--outlier-rate", "outlier_sigma": "--outlier-px",
+               "swap_rate": "--swap-rate"}
 
 
 @dataclass
@@ -126,7 +134,7 @@ class SyntheticSample:
 
 def _check_dataset(dataset):
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
+        raise BadInput(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
 
 
 def sample_identity(dataset, split, index):
@@ -438,9 +446,9 @@ def generate_dataset(out_dir, dataset="h36m", num_train=4000, num_test=800, seed
         dict split name -> list of shard paths (Path), in order.
     """
     _check_dataset(dataset)
-    if num_train < 0 or num_test < 0 or samples_per_shard < 1 or workers < 1:
-        raise ValueError(f"expected num_train, num_test >= 0 and samples_per_shard, workers >= 1; got "
-                         f"{num_train}, {num_test}, {samples_per_shard}, {workers}")
+    if num_train < 0 or num_test < 0 or samples_per_shard < 1 or workers < 1 or not 1 <= jpeg_quality <= 95:
+        raise BadInput(f"expected --train, --test >= 0, --samples-per-shard, --workers >= 1 and --jpeg-quality "
+                       f"1-95; got {num_train}, {num_test}, {samples_per_shard}, {workers}, {jpeg_quality}")
     out_dir = Path(out_dir)
     settings = _settings(dataset, num_train, num_test, seed, noise, samples_per_shard, jpeg_quality)
     splits = {"train": num_train, TEST_SPLIT[dataset]: num_test}
@@ -519,9 +527,13 @@ def contact_sheet(path, dataset="h36m", count=24, columns=6, seed=0, split="trai
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
         draw.text((3, 3), sample.family, fill=(255, 255, 255))
         sheet.paste(tile, ((i % columns) * CROP_WIDTH, (i // columns) * CROP_HEIGHT))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return Path(path)
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"--visualize {path} is a folder, expected a file name (e.g. {path / 'sheet.png'})")
+    output_folder(path.parent, "--visualize folder")
+    with atomic_write(path) as stream:
+        sheet.save(stream, format="PNG")
+    return path
 
 
 def main(argv=None):
@@ -555,17 +567,24 @@ def main(argv=None):
     if args.out is None and args.visualize is None:
         parser.error("give --out DIR to write shards and/or --visualize PATH.png for a contact sheet")
     try:
-        noise = NoiseOptions(args.noise_px, args.outlier_rate, args.outlier_px, args.swap_rate)
-    except ValueError as error:
-        parser.error(str(error))
+        return _generate(args)
+    except (BadInput, DiskFullError) as error:
+        return refuse(error)
+
+
+def _generate(args):
+    """Write the shards and the contact sheet ``main``'s parsed ``args`` ask for; returns the exit status."""
+    noise = NoiseOptions(args.noise_px, args.outlier_rate, args.outlier_px, args.swap_rate)
     if args.out is not None:
+        output_folder(args.out, "--out folder")
         shards = generate_dataset(args.out, args.dataset, args.train, args.test, args.seed, args.workers, noise,
                                   args.samples_per_shard, args.jpeg_quality, force=args.force)
         for split, paths in shards.items():
             print(f"{split}: {len(paths)} shard(s) in {Path(args.out) / split}")
     if args.visualize is not None:
         print(f"contact sheet: {contact_sheet(args.visualize, args.dataset, seed=args.seed, noise=noise)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -107,8 +107,8 @@ def _predictions(n=3, h=2):
 
 
 @pytest.mark.parametrize("change, message", [
-    ("not_npz", "cannot read .* as evaluation predictions"),
-    ("npy", "cannot read .* as evaluation predictions"),
+    ("not_npz", "cannot read predictions file .*: not a readable npz archive"),
+    ("npy", "cannot read predictions file .*: a single .npy array"),
     ("pickled", "no pickled objects: such files are refused"),
     ("nan", r"'hypotheses' holds NaN or infinite values in 1 samples .first keys \['S9_Directions_1.54138969_000001'\]"),
     ("inf_truth", "'ground_truth' holds NaN or infinite"),

@@ -21,6 +21,16 @@ def test_fast_settings_parse_and_bad_ones_say_what_is_expected():
             Setting.parse(bad)
 
 
+@pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
+def test_an_auto_setting_runs_as_the_precision_it_picks_and_says_so(monkeypatch, native, expected):
+    from common.model import acceleration
+
+    monkeypatch.setattr(acceleration, "cpu_capabilities", lambda: {"avx512_bf16": native})
+    setting = pipeline.resolve_setting(Setting.parse("dpm++:3:auto"), torch.device("cpu"))
+    assert (setting.name, setting.precision) == (f"dpm++:3:auto ({expected})", expected)
+    assert pipeline.resolve_setting(Setting.parse("dpm++:3:fp32"), torch.device("cpu")) == Setting.parse("dpm++:3:fp32")
+
+
 def test_arguments_of_a_gpu_run_parse():
     args = pipeline.build_parser().parse_args(
         "--device cuda --images 512 --batch-size 64 --workers 8 --fast dpm++:5:bf16:reduce-overhead "

@@ -1,3 +1,4 @@
+import argparse
 import errno
 import json
 import pickle
@@ -152,7 +153,7 @@ def test_bad_inputs_are_skipped_and_reported(toolbox, tmp_path):
 
 def test_bad_label_files_and_options(tmp_path, toolbox):
     label_path, images, _ = toolbox
-    with pytest.raises(convert.ConversionError, match="does not exist"):
+    with pytest.raises(convert.ConversionError, match="not found"):
         convert.convert_h36m(tmp_path / "none_train.pkl", images, tmp_path / "o", progress=False)
     (tmp_path / "junk_train.pkl").write_bytes(b"not a pickle")
     with pytest.raises(convert.ConversionError, match="does not unpickle"):
@@ -279,3 +280,11 @@ def test_ctrl_c_on_the_command_line_keeps_finished_shards_and_says_how_to_resume
     assert convert.main(command) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["conversion_report.json", "data-000000.tar"]
+
+
+def test_subjects_are_given_as_s9_or_9():
+    from common.data.convert import subject_number
+    assert [subject_number(s) for s in ("S9", "s11", "9", "1")] == [9, 11, 9, 1]
+    for bad in ("S", "nine", "S9a", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a subject"):
+            subject_number(bad)

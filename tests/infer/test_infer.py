@@ -194,7 +194,8 @@ def test_cli_gif_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
 
 
 def test_mp4_video_gives_one_result_per_frame(trained, synthetic, tmp_path):
-    av = pytest.importorskip("av")
+    import av  # pinned in requirements-video.txt, which CI installs: a missing PyAV fails here
+
     frames = _write_frames(tmp_path / "frames", synthetic, count=3)
     video = tmp_path / "clip.mp4"
     with av.open(str(video), "w") as container:

@@ -15,7 +15,8 @@ import common.run.context_draws as context_draws
 import common.run.training as training
 from common.core.errors import ConfigError
 from common.core.files import DiskFullError
-from common.data.loader import build_loader
+from common.data.loader import build_loader, find_shards
+from common.data.samples import device_images
 from common.model.checkpoints import CONTEXT_PREFIXES, load_context_weights, read_checkpoint
 from common.model.diffusion import diffusion_loss, make_ddpm_scheduler
 from common.model.networks import build_model
@@ -109,22 +110,29 @@ def test_cached_loss_equals_the_image_path_without_stochastic_depth(cached_confi
     assert seen_views == {0, 1}, "both the original and the mirrored view were compared"
 
 
+def _build_features(cfg, backbone):
+    """The backbone features of the training samples in the batches the build uses (``feature_batches`` of each
+    shard's loader), so that comparisons with the cache see the same batched convolutions."""
+    specs = context_cache.part_specs(find_shards(cfg.data.root, "train"), 0, 1)
+    for spec in specs:
+        yield from context_cache.feature_batches(context_cache._build_loader(cfg, spec, None), backbone, CPU)
+
+
 @pytest.mark.parametrize("draws", [1, 3])
 def test_without_stochastic_depth_every_draw_is_the_image_paths_context(cached_config, tmp_path, draws):
     """drop_path_rate 0: each of the R stored contexts equals the training-mode forward to 1e-6."""
     cfg = cached_config(tmp_path, model__drop_path_rate=0.0, train__context_cache_draws=draws)
     backbone, denoiser = _networks(cfg)
-    contexts = _all(context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False))
+    cache = context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False)
+    contexts = _all(cache)
     assert contexts.shape[:3] == (4, 2, draws)
-    batch = next(iter(build_loader(cfg.data.root, "h36m", train=False, batch_size=4, split="train",
-                                    uint8_crops=False)))
     denoiser.train()
     with torch.no_grad():
-        for view in range(2):
-            expected = denoiser.encode_context(batch["keypoints_2d"][:, view:view + 1], batch["ref"][:, view],
-                                               backbone(batch["image"][:, view]))
+        for batch in _build_features(cfg, backbone):
+            expected = denoiser.encode_context(batch["keypoints"], batch["ref"], batch["features"])  # (2B, 5, J, c)
+            rows = contexts[[cache.keys.index(key) for key in batch["keys"]]]  # (B, 2, R, 5, J, c)
             for r in range(draws):
-                torch.testing.assert_close(contexts[:, view, r], expected, rtol=0, atol=1e-6)
+                torch.testing.assert_close(rows[:, :, r].flatten(0, 1), expected, rtol=0, atol=1e-6)
 
 
 def _training_mode_draws(rates, batch_size, seed):
@@ -145,9 +153,8 @@ def test_a_given_keep_pattern_gives_the_training_mode_forward_under_that_pattern
     backbone, denoiser = _networks(cfg)
     rates = denoiser.context_drop_rates
     assert rates == pytest.approx((0.0, 0.2, 0.4, 0.6))
-    batch = next(iter(build_loader(cfg.data.root, "h36m", train=False, batch_size=4, split="train",
-                                    uint8_crops=False)))
-    args = (batch["keypoints_2d"][:, :1], batch["ref"][:, 0], backbone(batch["image"][:, 0]))
+    batch = next(iter(build_loader(cfg.data.root, "h36m", train=False, batch_size=4, split="train")))
+    args = (batch["keypoints_2d"][:, :1], batch["ref"][:, 0], backbone(device_images(batch, CPU, test=True)[:, 0]))
     with torch.no_grad():
         for seed in range(5):
             keep = _training_mode_draws(rates, 4, seed)
@@ -161,12 +168,12 @@ def test_a_given_keep_pattern_gives_the_training_mode_forward_under_that_pattern
         # And a cached draw is exactly the context under its stored pattern.
         cfg = cached_config(tmp_path, model__drop_path_rate=0.6, train__context_cache_draws=3)
         cache = context_cache.prepare_context_cache(cfg, backbone, denoiser, CPU, tmp_path, progress=False)
-        keys = batch["key"]
-        keep = torch.stack([context_draws.sample_keep_decisions(cfg.seed, key, 3, rates)[0] for key in keys])
-        for r in range(3):
-            expected = denoiser.encode_context(*args, keep=keep[:, r])
-            torch.testing.assert_close(_all(cache)[[cache.keys.index(k) for k in keys], 0, r], expected,
-                                       rtol=0, atol=1e-6)
+        for built in _build_features(cfg, backbone):
+            keep = context_draws.batch_keep_decisions(cfg.seed, built["keys"], 3, rates)  # (2B, 3, 4, 2)
+            rows = _all(cache)[[cache.keys.index(key) for key in built["keys"]]].flatten(0, 1)  # (2B, 3, 5, J, c)
+            for r in range(3):
+                expected = denoiser.encode_context(built["keypoints"], built["ref"], built["features"], keep=keep[:, r])
+                torch.testing.assert_close(rows[:, r], expected, rtol=0, atol=1e-6)
 
 
 def test_the_drawn_decisions_follow_each_blocks_and_branchs_rate():
