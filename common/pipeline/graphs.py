@@ -48,12 +48,23 @@ class _Context(nn.Module):
 
 
 class _DenoiseStep(nn.Module):
+    """One denoiser call with the hypotheses folded into the batch here, by expand and reshape.
+
+    ``denoise`` folds them itself with ``repeat_interleave``, which the exporter
+    writes as an Expand that onnxruntime refuses; a row per hypothesis with its
+    sample's context and timestep is the same computation.
+    """
+
     def __init__(self, denoiser):
         super().__init__()
         self.denoiser = denoiser
 
     def forward(self, context, noisy, t):
-        return self.denoiser.denoise(context, noisy, t)
+        B, H = noisy.shape[:2]
+        rows = context[:, None].expand(B, H, *context.shape[1:]).reshape(B * H, *context.shape[1:])  # (B*H, 5, J, c)
+        steps = t[:, None].expand(B, H).reshape(B * H)  # (B*H,)
+        noise = self.denoiser.denoise(rows, noisy.reshape(B * H, *noisy.shape[2:]), steps)  # (B*H, 1, J, 3)
+        return noise.reshape(noisy.shape)
 
 
 def example_inputs(backbone, denoiser, batch=2, hypotheses=3):

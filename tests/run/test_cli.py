@@ -84,7 +84,7 @@ def test_original_commands_train_resume_and_evaluate(tiny_yaml, tiny_shards, tmp
                                      "-num_proposals", "20", "-timesteps", "20", "-s", "--visualize", "1"]) == 0
     assert "MPJPE" in capsys.readouterr().out
     metrics = json.loads((ck / "metrics.json").read_text())["metrics"]
-    assert metrics["num_samples"] == 3 and metrics["num_proposals"] == 20 and metrics["timesteps"] == 20
+    assert metrics["num_samples"] == 3 and (metrics["sampling"]["hypotheses"], metrics["sampling"]["steps"]) == (20, 20)
     assert np.isfinite(metrics["mpjpe_mean_hypothesis"]) and np.isfinite(metrics["p_mpjpe_mean_hypothesis"])
     assert np.load(ck / "predictions" / "predictions_h36m.npz")["hypotheses"].shape == (3, 20, 17, 3)
     assert len(list((ck / "figures").glob("s_*.png"))) == 1 and (ck / "figures" / "summary.png").is_file()
