@@ -388,8 +388,11 @@ def convert_h36m(labels, images, out, split=None, subjects=None, shuffle=None, s
     output_folder(out, "--out folder", ConversionError)
 
     label_list = _load_labels(labels_path)
-    shards, skipped = plan_shards(label_list, images, split, subjects, shuffle, seed, shard_size,
-                                  shard_bytes, strict, progress)
+    try:
+        shards, skipped = plan_shards(label_list, images, split, subjects, shuffle, seed, shard_size,
+                                      shard_bytes, strict, progress)
+    except ConversionError as error:  # --strict: a bad label or frame, named with the label file it is in
+        raise ConversionError(f"{labels_path}: {error}") from None
     options = {"labels": os.path.abspath(labels_path), "images": os.path.abspath(images), "split": split,
                "subjects": list(subjects), "shuffle": shuffle, "seed": seed, "shard_size": shard_size,
                "shard_bytes": shard_bytes}

@@ -142,8 +142,9 @@ def test_bad_inputs_are_skipped_and_reported(toolbox, tmp_path):
     assert skipped["missing_frame"]["key"] == keys[0]
     assert "joints_2d_cpn" in skipped["bad_shape"]["detail"]
 
-    with pytest.raises(convert.ConversionError, match="missing_field"):
+    with pytest.raises(convert.ConversionError, match="missing_field") as refused:
         convert.convert_h36m(label_path, images, tmp_path / "strict", strict=True, progress=False)
+    assert str(refused.value).startswith(f"{label_path}: label "), "a --strict refusal names the label file"
     labels = [label for i, label in enumerate(labels) if i in (0, 5, 6)]
     Path(label_path).write_bytes(pickle.dumps(labels))
     with pytest.raises(convert.ConversionError, match=keys[0]):
