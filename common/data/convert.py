@@ -119,7 +119,7 @@ def check_label(label):
     for name, shape in shapes.items():
         try:
             value = np.asarray(label[name], dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float64
             return "bad_value", f"{name} is not numeric"
         if value.shape != shape:
             return "bad_shape", f"{name} has shape {value.shape}, expected {shape}"

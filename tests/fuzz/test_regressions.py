@@ -263,3 +263,11 @@ def test_a_label_with_a_huge_integer_is_a_bad_label():
     label = seeds.labels()[0]
     label["subject"] = 10**400
     assert check_label(label)[0] == "bad_value"
+
+
+def test_a_label_array_with_a_huge_integer_is_a_bad_label():
+    # Was an OverflowError traceback (np.asarray of [10**400, ...] as float64), found by the seed-27 campaign.
+    from common.data.convert import check_label
+    label = seeds.labels()[0]
+    label["center"] = [10**400, 1.0]
+    assert check_label(label) == ("bad_value", "center is not numeric")
